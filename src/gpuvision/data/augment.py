@@ -1,0 +1,55 @@
+"""Batched augmentation on device tensors: flip and translate folded into one gather, then cutout.
+
+Written by hand rather than with torchvision.transforms.v2 because v2 draws one random crop per call (per batch),
+while training wants one per image; a single indexed gather does crop, reflect-padding and flip for a whole batch
+with no per-image Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Augment:
+    """flip: mirror half the images (alternating per epoch when altflip); translate: max shift in pixels
+    (reflect-padded); cutout: side of a zeroed square in pixels (0 = off)."""
+
+    flip: bool = True
+    altflip: bool = True
+    translate: int = 2
+    cutout: int = 0
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map indices in [-size+1, 2*size-2] into [0, size) by mirroring at the edges (like reflect padding)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def flip_translate(images: torch.Tensor, flip: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Crop each image shifted by shifts[n] = (dy, dx) with reflected borders, mirrored where flip[n].
+
+    images: N x C x H x W (any dtype); flip: N bool; shifts: N x 2 int. Returns N x C x H x W in channels_last
+    memory order, which the convolutions want anyway.
+    """
+    n, _, h, w = images.shape
+    rows = _reflect(torch.arange(h, device=images.device) + shifts[:, :1], h)  # N x H
+    cols = torch.arange(w, device=images.device).expand(n, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols)
+    cols = _reflect(cols + shifts[:, 1:], w)  # N x W
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero one size x size square per image, placed uniformly inside it."""
+    n, _, h, w = images.shape
+    top = torch.randint(0, h - size + 1, (n, 1, 1, 1), device=images.device, generator=generator)
+    left = torch.randint(0, w - size + 1, (n, 1, 1, 1), device=images.device, generator=generator)
+    ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
+    mask = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return images.masked_fill(mask, 0)

@@ -1,0 +1,84 @@
+"""Stratified, seeded train/val/test splits, saved as stable sample keys so evaluation finds the same images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError, require
+from ..files import write_json
+from .imageset import ImageSet
+
+
+@dataclass
+class Split:
+    """Index arrays into an ImageSet for each part; val may be empty (--val-fraction 0)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def part(self, name: str) -> np.ndarray:
+        require(name in ("train", "val", "test"), f"unknown split {name!r}; use train, val, test or all")
+        return getattr(self, name)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _stratified_take(indices: np.ndarray, labels: np.ndarray, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices in two, taking `fraction` of each class (at least one where the class has two or more)."""
+    taken, kept = [], []
+    for c in np.unique(labels[indices]):
+        members = indices[labels[indices] == c]
+        members = members[rng.permutation(len(members))]
+        n = int(round(fraction * len(members)))
+        if fraction > 0 and len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)
+        taken.append(members[:n])
+        kept.append(members[n:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(taken))
+
+
+def make_split(images: ImageSet, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Stratified split; a source's own test part is used as the test split, and val is carved from train."""
+    require(0 <= val_fraction < 1, f"--val-fraction must be in [0, 1), got {val_fraction}")
+    require(0 < test_fraction < 1, f"--test-fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(images))
+    if images.has_given_test:
+        train, test = everything[~images.given_test], everything[images.given_test]
+    else:
+        train, test = _stratified_take(everything, images.labels, test_fraction, rng)
+    train, val = _stratified_take(train, images.labels, val_fraction, rng)
+    require(len(train) > 0 and len(test) > 0, "too few images to split into train and test; add images")
+    return Split(train=train, val=val, test=test)
+
+
+def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
+    """Write the split as sample keys plus the source fingerprint."""
+    keys = images.keys
+    write_json(path, {
+        "source_fingerprint": images.fingerprint,
+        "seed": seed,
+        **{part: [keys[i] for i in split.part(part)] for part in ("train", "val", "test")},
+    })
+
+
+def load_split(path: Path, images: ImageSet) -> Split:
+    """The saved split as indices into images; a changed source is a UserError, never a different test set."""
+    saved = json.loads(Path(path).read_text())
+    if saved["source_fingerprint"] != images.fingerprint:
+        raise UserError(
+            f"{images.source} changed since the model was trained, so its recorded split no longer exists; "
+            "evaluate with --split all, or retrain"
+        )
+    index = {k: i for i, k in enumerate(images.keys)}
+    try:
+        parts = {p: np.array([index[k] for k in saved[p]], dtype=np.int64) for p in ("train", "val", "test")}
+    except KeyError as e:
+        raise UserError(f"{images.source}: sample {e} of the recorded split is missing; use --split all") from e
+    return Split(**parts)

@@ -1,0 +1,1 @@
+"""Training: the Trainer loop, checkpoints, and the recipes that configure it."""

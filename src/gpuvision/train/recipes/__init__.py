@@ -1,0 +1,127 @@
+"""Recipes: each one readable module that sets the optimiser, schedule, loss, augmentation, averaging and TTA.
+
+A recipe is configuration for the Trainer, not a fork of the loop: it implements the hooks of `Recipe`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from ...data.augment import Augment
+from ...errors import UserError
+from ...registry import Registry
+
+RECIPES: Registry = Registry("recipe")
+
+
+@dataclass
+class BaseSettings:
+    """Settings every recipe has. None means: chosen from the data set's size by `resolve`."""
+
+    epochs: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    label_smoothing: float = 0.0
+    tta_level: int = 1  # test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations
+
+
+class Recipe:
+    """The hooks the Trainer calls; defaults do nothing."""
+
+    settings: BaseSettings
+    loss_reduction = "mean"  # "sum" when the learning rate is per example (the loss scales with the batch)
+
+    def __init__(self, **overrides):
+        names = {f.name for f in fields(self.settings)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise UserError(f"unknown recipe setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(self.settings, k, v)
+
+    def resolve(self, n_train: int, image_size: int) -> None:
+        """Fill the settings left as None from the data set's size."""
+
+    def augment(self, image_size: int) -> Augment:
+        return Augment()
+
+    def prepare(self, model: nn.Module, sample: torch.Tensor) -> None:
+        """Initialise the model from a normalised sample of training images before the first step."""
+
+    def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def lr_factor(self, step: int, total: int) -> float:
+        return 1.0
+
+    def on_epoch(self, model: nn.Module, epoch: int, epochs: float) -> None:
+        pass
+
+    def after_step(self, model: nn.Module, step: int, total: int) -> None:
+        pass
+
+    def finish(self, model: nn.Module) -> None:
+        """Last change to the weights (e.g. copy in the averaged weights)."""
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, labels, label_smoothing=self.settings.label_smoothing,
+                                           reduction=self.loss_reduction)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"name": self.name, **asdict(self.settings)}
+
+
+def norm_and_bias_params(model: nn.Module) -> tuple[list, list]:
+    """Split trainable parameters into (normalisation and bias parameters, the rest)."""
+    special, rest = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+            (special if is_norm or name == "bias" else rest).append(p)
+    return special, rest
+
+
+def auto_batch_size(n_train: int, largest: int) -> int:
+    """The largest power of two up to `largest` that still gives about 16 steps per epoch (at least 16)."""
+    return int(min(largest, max(16, 2 ** math.floor(math.log2(max(n_train // 16, 1))))))
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point state (parameters and batch-norm statistics)."""
+
+    def __init__(self, model: nn.Module):
+        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def update(self, model: nn.Module, decay: float) -> None:
+        state = model.state_dict()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.avg.values()), [state[k] for k in self.avg], 1.0 - decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        with torch.no_grad():
+            torch._foreach_copy_([state[k] for k in self.avg], list(self.avg.values()))
+
+
+def create_recipe(name: str, **overrides) -> Recipe:
+    return RECIPES.get(name)(**overrides)
+
+
+def default_recipe(model_name: str) -> str:
+    return "fast" if model_name == "fastnet" else "standard"
+
+
+from . import fast, standard  # noqa: E402,F401  (registers the recipes)
