@@ -73,10 +73,10 @@ def digits_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_model(tmp_path_factory, cifar_subset) -> Path:
-    """A fastnet trained on the CIFAR-10 subset for a few epochs (fp32, CPU), built once per session."""
+    """A narrow fastnet trained on the CIFAR-10 subset for a few epochs (fp32, CPU), built once per session."""
     import gpuvision
 
     out = tmp_path_factory.mktemp("models") / "cifar"
     gpuvision.train(data=str(cifar_subset), out=str(out), device="cpu", precision="fp32", epochs=8, seed=0,
-                    eval_every=0, checkpoint_every=0)
+                    model_args={"widths": [32, 64, 64]}, eval_every=0, checkpoint_every=0)
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError, require
@@ -15,7 +15,9 @@ class TrainConfig:
 
     data: str = "digits"
     model: str = "auto"  # fastnet up to 64 px, resnet18 above
+    model_args: dict = field(default_factory=dict)  # extra architecture arguments, e.g. {"widths": [32, 64, 64]}
     recipe: str = "auto"  # fast for fastnet, standard for the others
+    recipe_args: dict = field(default_factory=dict)  # recipe settings beyond epochs/batch size/lr (see its dataclass)
     epochs: float | None = None  # may be fractional (9.9)
     batch_size: int | None = None
     lr: float | None = None  # in the recipe's own units (see its settings)

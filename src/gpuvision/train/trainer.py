@@ -88,12 +88,13 @@ class Trainer:
         _, channels, height, width = self.images.images.shape
         model_name = default_model(max(height, width)) if cfg.model == "auto" else cfg.model
         self.recipe = create_recipe(default_recipe(model_name) if cfg.recipe == "auto" else cfg.recipe,
-                                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
+                                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, **cfg.recipe_args)
         self.recipe.resolve(len(self.split.train), max(height, width))
         settings = self.recipe.settings
 
         torch.manual_seed(cfg.seed)
-        arch_args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": max(height, width)}
+        arch_args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": max(height, width),
+                     **cfg.model_args}
         self.model = create_model(model_name, **arch_args)
         self.architecture = {"name": model_name, "args": arch_args}
         if cfg.pretrained:
@@ -184,7 +185,7 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         with autocast(self.device, self.precision):
             logits = self.forward(x)
-            loss = self.recipe.loss(logits.float(), y)
+            loss = self.recipe.loss(logits.float(), y, x)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
             self.scaler.scale(loss).backward()

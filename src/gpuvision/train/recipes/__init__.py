@@ -68,7 +68,8 @@ class Recipe:
     def finish(self, model: nn.Module) -> None:
         """Last change to the weights (e.g. copy in the averaged weights)."""
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch (inputs are there for recipes that need them, e.g. distillation)."""
         return nn.functional.cross_entropy(logits, labels, label_smoothing=self.settings.label_smoothing,
                                            reduction=self.loss_reduction)
 
