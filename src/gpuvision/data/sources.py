@@ -266,25 +266,37 @@ def _read_digits(_path, image_size, channels) -> ImageSet:
 
 
 def _pickle_fields(blob: bytes, path: str) -> dict[str, list]:
-    """The values after each string key of a CIFAR batch pickle, found by walking its opcodes.
+    """The values after each known string key of a CIFAR batch pickle, found by walking its opcodes.
 
     The official batches are Python pickles; executing one can run arbitrary code, so we never call pickle.load:
-    pickletools.genops only parses. Each key's value is the list of scalar arguments (ints, strings, bytes)
-    that follow it up to the next key.
+    pickletools.genops only parses. Each key's value is the list of scalar arguments (ints, strings, bytes) that
+    follow it, up to the next key or the end of the list that holds them.
     """
+    keys = {"labels", "data", "filenames", "label_names", "batch_label"}
+    skip = {"BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET", "PROTO", "MEMOIZE", "FRAME", "MARK"}
     fields: dict[str, list] = {}
-    current = None
-    keys = {"labels", "data", "filenames", "label_names", "batch_label", "fine_labels", "coarse_labels"}
+    current, list_done, codec_args = None, False, 0
     try:
         for op, arg, _pos in pickletools.genops(blob):
-            if isinstance(arg, bytes | bytearray):
-                arg = bytes(arg)
-            if isinstance(arg, str | bytes) and (arg.decode("latin-1") if isinstance(arg, bytes) else arg) in keys:
-                current = arg.decode("latin-1") if isinstance(arg, bytes) else arg
+            text = arg.decode("latin-1") if isinstance(arg, bytes | bytearray) else arg
+            if op.name in ("GLOBAL", "STACK_GLOBAL") and arg == "_codecs encode":
+                codec_args = 2  # Python 3 protocol-2 bytes: _codecs.encode(text, "latin1"); skip the "latin1"
+                continue
+            if isinstance(text, str) and codec_args:
+                codec_args -= 1
+                if codec_args == 0:
+                    continue
+            if isinstance(text, str) and text in keys:
+                current, list_done = text, False
                 fields[current] = []
-            elif current and arg is not None and op.name not in ("BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET",
-                                                                    "PROTO", "MEMOIZE", "FRAME"):
-                fields[current].append(arg)
+            elif op.name in ("APPENDS", "APPEND"):
+                list_done = True
+            elif op.name in skip:
+                continue
+            elif list_done:  # the first other opcode after a list's last APPENDS ends the value
+                current, list_done = None, False
+            elif current and arg is not None:
+                fields[current].append(bytes(arg) if isinstance(arg, bytearray) else arg)
     except ValueError as e:
         raise UserError(f"{path}: not a CIFAR-10 batch ({e})") from e
     return fields

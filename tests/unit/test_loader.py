@@ -1,0 +1,69 @@
+"""The device loader and batched augmentation: every image once per epoch, shapes, labels and ranges kept."""
+
+from __future__ import annotations
+
+import torch
+
+from gpuvision.data.augment import Augment, cutout, flip_translate
+from gpuvision.data.loader import DeviceLoader
+
+
+def _ids(n=103, size=8):
+    # Each image is filled with its own index, so a batch tells which images it holds.
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
+    return images, torch.arange(n) % 7
+
+
+def test_every_image_exactly_once_per_epoch_with_labels_kept():
+    images, labels = _ids()
+    loader = DeviceLoader(images, labels, 16, mean=[0.0] * 3, std=[1.0] * 3, augment=Augment(cutout=0),
+                          generator=torch.Generator().manual_seed(0))
+    orders = []
+    for epoch in range(3):
+        seen = []
+        for x, y in loader.epoch(epoch):
+            assert x.shape[1:] == (3, 8, 8) and x.dtype == torch.float32
+            ids = x[:, 0, 0, 0].round().long()
+            assert torch.equal(y, labels[ids])  # labels travel with their images
+            seen.append(ids)
+        seen = torch.cat(seen)
+        assert torch.equal(seen.sort().values, torch.arange(103))
+        orders.append(seen)
+    assert not torch.equal(orders[0], orders[1])  # reshuffled each epoch
+    assert len(loader) == 7
+
+
+def test_same_generator_state_gives_the_same_batches():
+    images, labels = _ids()
+    batches = []
+    for _ in range(2):
+        loader = DeviceLoader(images, labels, 10, [0.0] * 3, [1.0] * 3, Augment(), torch.Generator().manual_seed(5))
+        batches.append(torch.cat([x for x, _ in loader.epoch(0)]))
+    assert torch.equal(batches[0], batches[1])
+
+
+def test_flip_translate_moves_pixels_within_range():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    same = flip_translate(x, torch.tensor([False, False]), torch.zeros(2, 2, dtype=torch.long))
+    assert torch.equal(same, x)
+    flipped = flip_translate(x, torch.tensor([True, False]), torch.zeros(2, 2, dtype=torch.long))
+    assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
+    shifted = flip_translate(x, torch.tensor([False, False]), torch.tensor([[1, 0], [0, -2]]))
+    assert torch.equal(shifted[0, :, :5], x[0, :, 1:])  # moved up one row
+    assert torch.equal(shifted[0, :, 5], x[0, :, 4])  # reflected at the border
+    assert torch.equal(shifted[1, :, :, 2:], x[1, :, :, :4])
+    assert shifted.min() >= x.min() and shifted.max() <= x.max()
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.ones(4, 3, 10, 10)
+    out = cutout(x, 3, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.all((out == 0).sum(dim=(1, 2, 3)) == 3 * 3 * 3)
+
+
+def test_normalisation_uses_mean_and_std():
+    images = torch.full((4, 3, 2, 2), 200, dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.zeros(4, dtype=torch.long), 4, [100.0] * 3, [50.0] * 3)
+    x, _ = next(loader.epoch())
+    assert torch.allclose(x, torch.full_like(x, 2.0))
