@@ -67,3 +67,34 @@ def test_normalisation_uses_mean_and_std():
     loader = DeviceLoader(images, torch.zeros(4, dtype=torch.long), 4, [100.0] * 3, [50.0] * 3)
     x, _ = next(loader.epoch())
     assert torch.allclose(x, torch.full_like(x, 2.0))
+
+
+def test_streaming_loader_yields_every_image_once_and_replays_from_its_state():
+    from gpuvision.data.loader import StreamingLoader
+
+    images, labels = _ids(n=250)
+    loader = StreamingLoader(images, labels, 32, [0.0] * 3, [1.0] * 3, torch.device("cpu"), Augment(),
+                             torch.Generator().manual_seed(1), prefetch=2)
+    state = {k: v.clone() for k, v in loader.state().items()}
+    first = []
+    for x, y in loader.epoch(0):
+        ids = x[:, 0, 0, 0].round().long()
+        assert torch.equal(y, labels[ids]) and x.shape[1:] == (3, 8, 8)
+        first.append(ids)
+    first = torch.cat(first)
+    assert torch.equal(first.sort().values, torch.arange(250))
+    loader.set_state(state)
+    assert torch.equal(torch.cat([x[:, 0, 0, 0].round().long() for x, _ in loader.epoch(0)]), first)
+    assert loader.wait_seconds >= 0.0
+
+
+def test_streaming_loader_stops_cleanly_when_abandoned():
+    from gpuvision.data.loader import StreamingLoader
+
+    images, labels = _ids(n=200)
+    loader = StreamingLoader(images, labels, 8, [0.0] * 3, [1.0] * 3, torch.device("cpu"), Augment(),
+                             torch.Generator().manual_seed(1), prefetch=1)
+    for i, _ in enumerate(loader.epoch(0)):
+        if i == 2:
+            break  # the generator's finally drains and joins the producer thread
+    assert len(list(loader.epoch(1))) == 25

@@ -23,7 +23,7 @@ import torch
 from ..artifact import WEIGHTS, library_versions, save_weights, write_manifest
 from ..config import TrainConfig
 from ..data import load_images, make_split
-from ..data.loader import DeviceLoader
+from ..data.loader import DeviceLoader, StreamingLoader
 from ..data.split import save_split
 from ..device import autocast, pick_device, pick_precision
 from ..errors import require
@@ -59,6 +59,16 @@ def _prepare_out(config: TrainConfig) -> None:
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         require(config.overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it or --resume")
+
+
+def _should_stream(choice: str, train_images: torch.Tensor, device: torch.device) -> bool:
+    """auto: stream only from host to a CUDA device that the training images would fill more than half of."""
+    if choice != "auto":
+        return choice == "stream"
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return train_images.numel() > free // 2
 
 
 class Trainer:
@@ -101,24 +111,31 @@ class Trainer:
             load_pretrained(self.model, cfg.pretrained)
         self.model.to(self.device, memory_format=torch.channels_last)
 
-        # The decoded set goes to the device once; mean and std come from the training images.
-        all_images = torch.from_numpy(self.images.images).to(self.device)
-        labels = torch.from_numpy(self.images.labels).to(self.device)
-        train_idx = torch.from_numpy(self.split.train).to(self.device)
-        sample = all_images[train_idx[:10000]].float()
+        # The decoded set goes to the device once (or streams from host memory); mean and std from training images.
+        host_images, labels = torch.from_numpy(self.images.images), torch.from_numpy(self.images.labels)
+        train_idx, val_idx = torch.from_numpy(self.split.train), torch.from_numpy(self.split.val)
+        sample = host_images[train_idx[:10000]].float()
         self.mean = sample.mean(dim=(0, 2, 3)).tolist()
         self.std = sample.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
-        dtype = torch.float32  # inputs stay fp32; autocast casts them where it pays
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.train_loader = DeviceLoader(all_images[train_idx], labels[train_idx], settings.batch_size, self.mean,
-                                         self.std, self.recipe.augment(max(height, width)), self.generator, dtype)
-        val_idx = torch.from_numpy(self.split.val).to(self.device)
-        self.val_loader = DeviceLoader(all_images[val_idx], labels[val_idx], 1000, self.mean, self.std, dtype=dtype)
-        del all_images
+        augment = self.recipe.augment(max(height, width))
+        self.streaming = _should_stream(cfg.loader, host_images[train_idx], self.device)
+        if self.streaming:
+            self.train_loader = StreamingLoader(host_images[train_idx], labels[train_idx], settings.batch_size,
+                                                self.mean, self.std, self.device, augment, self.generator)
+            self.val_loader = StreamingLoader(host_images[val_idx], labels[val_idx], 1000, self.mean, self.std,
+                                              self.device)
+        else:
+            on_device = host_images.to(self.device)
+            labels, train_idx, val_idx = labels.to(self.device), train_idx.to(self.device), val_idx.to(self.device)
+            self.train_loader = DeviceLoader(on_device[train_idx], labels[train_idx], settings.batch_size, self.mean,
+                                             self.std, augment, self.generator)
+            self.val_loader = DeviceLoader(on_device[val_idx], labels[val_idx], 1000, self.mean, self.std)
+            del on_device
 
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = math.ceil(settings.epochs * self.steps_per_epoch)
-        self.recipe.prepare(self.model, self.train_loader.normalise(self.train_loader.images[:5000]))
+        self.recipe.prepare(self.model, self.train_loader.normalise(self.train_loader.images[:5000].to(self.device)))
         self.optimizer = self.recipe.optimizer(self.model, self.device)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -135,7 +152,7 @@ class Trainer:
             self.out.mkdir(parents=True)
             save_split(self.out / SPLIT_FILE, self.images, self.split, cfg.seed)
         self.emit("setup", device=str(self.device), precision=self.precision, model=model_name,
-                  recipe=self.recipe.name, compiled=use_compile, params=count_params(self.model),
+                  recipe=self.recipe.name, compiled=use_compile, streaming=self.streaming, params=count_params(self.model),
                   split=self.split.sizes(), epochs=settings.epochs, batch_size=settings.batch_size,
                   steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped))
 
@@ -152,6 +169,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen, started = 0, time.perf_counter()
+            waited = getattr(self.train_loader, "wait_seconds", 0.0)
             for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
                 if self.step >= self.total_steps:
                     break
@@ -168,6 +186,8 @@ class Trainer:
                       "train_accuracy": correct.item() / seen, "lr": self.optimizer.param_groups[-1]["lr"],
                       "seconds": time.perf_counter() - started}
             record["images_per_s"] = seen / record["seconds"]
+            if self.streaming:
+                record["data_wait_share"] = (self.train_loader.wait_seconds - waited) / record["seconds"]
             last = self.step >= self.total_steps
             if len(self.val_loader.labels) and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
                 record["val_accuracy"] = self.validate()
@@ -214,7 +234,7 @@ class Trainer:
         state = {
             "config": asdict(self.config), "epoch": self.epoch, "step": self.step, "history": self.history,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "recipe": self.recipe.state_tensors(), "rng": {"loader": self.generator.get_state(),
+            "recipe": self.recipe.state_tensors(), "rng": {"loader": self.train_loader.state(),
                                                            "torch": torch.get_rng_state()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
@@ -226,7 +246,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.recipe.load_state_tensors(state["recipe"])
-        self.generator.set_state(state["rng"]["loader"])
+        self.train_loader.set_state(state["rng"]["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
