@@ -25,6 +25,7 @@ TRAIN_FLAGS = {  # flag -> (type, help); defaults come from TrainConfig
     "device": (str, "auto, cpu, cuda, cuda:N or mps"),
     "precision": (str, "auto, fp32, bf16 or fp16"),
     "compile": (str, "torch.compile: auto, on or off"),
+    "loader": (str, "device (data set on the device), stream (from pinned host memory), or auto"),
     "seed": (int, "seed of every random choice"),
     "val-fraction": (float, "fraction of the training images held out for validation"),
     "test-fraction": (float, "fraction held out for testing, when the data has no test part"),
@@ -70,6 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser("demo", help="the main job on the embedded digits: train, evaluate, predict")
+    demo.add_argument("--out", default="runs/digits-demo", help="run directory (replaced if it exists)")
+    demo.add_argument("--json", action="store_true")
+
+    compress = commands.add_parser("compress", help="prune, quantise or distil a model; write a comparison report")
+    compress.add_argument("model_dir")
+    compress.add_argument("--data", required=True,
+                          help="the model's training data: calibration, fine-tuning, test split")
+    compress.add_argument("--method", default="all", help="prune, int8, distill or all (each, plus prune+int8 and "
+                          "distill+int8)")
+    compress.add_argument("--target-sparsity", type=float, default=0.5, help="fraction of parameters pruning removes")
+    compress.add_argument("--student", help="registered model name of the distilled student (default: the "
+                          "teacher's architecture at half width)")
+    compress.add_argument("--finetune-epochs", type=float, default=2.0, help="fine-tuning epochs after pruning")
+    compress.add_argument("--distill-epochs", type=float, help="student training epochs (default: the parent's)")
+    compress.add_argument("--out", help="output directory (default MODEL_DIR-compressed)")
+    compress.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    compress.add_argument("--no-compile", dest="compile", action="store_false",
+                          help="skip torch.compile runtimes (saves minutes of compiling)")
+    compress.add_argument("--device", default="cpu", help="where fine-tuning and distillation train")
+    compress.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="export a model to ONNX or a torch.export program, parity-checked")
+    export.add_argument("model_dir")
+    export.add_argument("--format", required=True, choices=["onnx", "pt2"])
+    export.add_argument("--out", help="output file (default MODEL_DIR/export/model.FORMAT)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                        help="a dynamic batch dimension (default on)")
+    export.add_argument("--data", help="images for the parity check (default: the model's recorded test split)")
+    export.add_argument("--parity-images", type=int, default=1000, help="test images compared (0: all)")
+    export.add_argument("--json", action="store_true")
 
     data = commands.add_parser("data", help="look at a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -154,7 +188,68 @@ def run_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data}
+def run_demo(args) -> int:
+    from .demo import demo
+    from .progress import TrainProgress
+
+    with TrainProgress() as progress:
+        result = demo(args.out, on_event=progress)
+    human = "\n".join([
+        f"model directory:  {result['model_dir']} (trained in {result['train_seconds']} s)",
+        f"test accuracy:    {result['test_accuracy']:.4f}",
+        f"report:           {result['report']}",
+        f"confusion matrix: {result['confusion_png']}",
+        *(f"predicted {p['predicted']} ({p['probability']:.2f}) for {p['image']}" for p in result["predictions"]),
+    ])
+    _emit(result, args.json, human)
+    return 0
+
+
+def run_compress(args) -> int:
+    from rich.console import Console
+
+    from .compress import compress
+    from .config import CompressConfig
+
+    console = Console(stderr=True)
+
+    def progress(event: str, **info) -> None:
+        if event == "stage":
+            console.print(info["text"])
+        elif event == "train" and info["train_event"] == "epoch_end":
+            console.print(f"  {info['stage']}: epoch {info['epoch']} loss {info['train_loss']:.4f} "
+                          f"({info['seconds']:.1f} s)")
+
+    config = CompressConfig(model_dir=args.model_dir, data=args.data, method=args.method,
+                            target_sparsity=args.target_sparsity, student=args.student,
+                            finetune_epochs=args.finetune_epochs, distill_epochs=args.distill_epochs, out=args.out,
+                            overwrite=args.overwrite, compile=args.compile, device=args.device)
+    report = compress(config, on_event=progress)
+    if args.json:
+        _emit(report, True, "")
+    else:
+        from .compress.report import markdown
+
+        print(markdown(report) + f"\nreport: {report['out']}/report.json, report.md, report.png")
+    return 0
+
+
+def run_export(args) -> int:
+    from .config import ExportConfig
+    from .export import export_model
+
+    result = export_model(ExportConfig(model_dir=args.model_dir, format=args.format, out=args.out, opset=args.opset,
+                                       dynamic_batch=args.dynamic_batch, data=args.data,
+                                       parity_images=args.parity_images))
+    p = result["parity"]
+    human = (f"exported {result['path']} ({result['size_bytes']:,} bytes); parity on {p['images']} test images: "
+             f"max abs diff {p.get('max_abs_diff', 0):.2e}, top-1 agreement {p.get('top1_agreement', 1):.4f}")
+    _emit(result, args.json, human)
+    return 0
+
+
+COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
+            "compress": run_compress, "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:

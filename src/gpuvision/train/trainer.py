@@ -89,6 +89,9 @@ class Trainer:
             cfg = self.config = replace(TrainConfig(**self.checkpoint["config"]), out=cfg.out, resume=True)
         self.device = pick_device(cfg.device)
         self.precision = pick_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict)
         if not cfg.resume:
             cfg.out = cfg.out or str(_default_out(self.images.name))
@@ -141,7 +144,9 @@ class Trainer:
             group.setdefault("initial_lr", group["lr"])
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
-        self.forward = torch.compile(self.model) if use_compile else self.model
+        # dynamic=False: the epoch's last, smaller batch gets its own static graph instead of turning every
+        # later step into a slower dynamic-shape one.
+        self.forward = torch.compile(self.model, dynamic=False) if use_compile else self.model
         self.compiled = use_compile
         self.step, self.epoch, self.history = 0, 0, []
         if cfg.resume:

@@ -95,6 +95,11 @@ def norm_and_bias_params(model: nn.Module) -> tuple[list, list]:
     return special, rest
 
 
+def step_kernel(device: torch.device) -> dict:
+    """Fused optimizer steps on CUDA (one kernel for all parameters), multi-tensor (foreach) steps elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
 def auto_batch_size(n_train: int, largest: int) -> int:
     """The largest power of two up to `largest` that still gives about 16 steps per epoch (at least 16)."""
     return int(min(largest, max(16, 2 ** math.floor(math.log2(max(n_train // 16, 1))))))
@@ -125,4 +130,4 @@ def default_recipe(model_name: str) -> str:
     return "fast" if model_name == "fastnet" else "standard"
 
 
-from . import fast, standard  # noqa: E402,F401  (registers the recipes)
+from . import distill, fast, standard  # noqa: E402,F401  (registers the recipes)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...data.augment import Augment
-from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params
+from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params, step_kernel
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -79,7 +79,7 @@ class FastRecipe(Recipe):
         biases, others = norm_and_bias_params(model)
         groups = [dict(params=biases, lr=lr * s.bias_scaler, weight_decay=wd / (lr * s.bias_scaler)),
                   dict(params=others, lr=lr, weight_decay=wd / lr)]
-        return torch.optim.SGD(groups, momentum=s.momentum, nesterov=True, foreach=True)
+        return torch.optim.SGD(groups, momentum=s.momentum, nesterov=True, **step_kernel(device))
 
     # ------------------------------------------------------------------------------------- schedule
     def lr_factor(self, step: int, total: int) -> float:

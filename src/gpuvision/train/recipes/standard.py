@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ...data.augment import Augment
-from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params
+from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params, step_kernel
 
 
 @dataclass
@@ -58,7 +58,7 @@ class StandardRecipe(Recipe):
         lr = s.lr * s.batch_size / 256
         no_decay, decay = norm_and_bias_params(model)
         groups = [dict(params=no_decay, weight_decay=0.0), dict(params=decay, weight_decay=s.weight_decay)]
-        return torch.optim.SGD(groups, lr=lr, momentum=s.momentum, nesterov=True, foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=s.momentum, nesterov=True, **step_kernel(device))
 
     def lr_factor(self, step: int, total: int) -> float:
         warmup = max(1, int(self.settings.warmup_fraction * total))

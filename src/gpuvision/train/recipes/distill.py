@@ -1,0 +1,108 @@
+"""The distill recipe: a student learns from a teacher model directory's soft labels, on top of another recipe.
+
+    gpuvision.train(data=..., model="fastnet", model_args={"widths": [32, 128, 128]}, recipe="distill",
+                    recipe_args={"teacher": "runs/cifar", "base": "fast"})
+
+The base recipe (fast or standard) keeps its optimiser, schedule, augmentation, averaging and TTA; only the loss
+changes: alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * the base recipe's label loss
+(Hinton et al., 2015). The teacher sees the student's augmented, normalised batches, so train the student on the
+teacher's data (as `gpuvision compress` does): the normalisation statistics then match.
+
+`keep_init` is for a student that starts from given weights (a pruned network being fine-tuned): data-dependent
+initialisation (fastnet's whitening) would otherwise overwrite them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ...errors import require
+from . import RECIPES, Recipe, create_recipe
+
+
+# ------------------------------------------------------------------------------------------ settings
+@dataclass
+class DistillSettings:
+    teacher: str = ""  # model directory of the teacher (required)
+    base: str = "fast"  # recipe that supplies optimiser, schedule, augmentation and TTA
+    alpha: float = 0.9  # weight of the soft-label term; 1 - alpha goes to the hard labels
+    temperature: float = 4.0  # softens both distributions; the T^2 factor keeps gradient sizes comparable
+    keep_init: bool = False  # keep the student's given weights through `prepare` (fine-tuning a pruned net)
+
+
+@RECIPES.register("distill")
+class DistillRecipe(Recipe):
+    name = "distill"
+
+    def __init__(self, teacher: str = "", base: str = "fast", alpha: float = 0.9, temperature: float = 4.0,
+                 keep_init: bool = False, **overrides):
+        self.distill = DistillSettings(teacher, base, alpha, temperature, keep_init)
+        require(bool(teacher), "the distill recipe needs recipe_args teacher=<model directory>")
+        require(base != "distill", "the distill recipe's base must be another recipe (fast or standard)")
+        require(0.0 <= alpha <= 1.0 and temperature > 0, "distill: alpha must be in [0, 1] and temperature > 0")
+        self.base = create_recipe(base, **overrides)
+        self.settings = self.base.settings  # the Trainer reads epochs, batch size and TTA from here
+        self.loss_reduction = self.base.loss_reduction
+        self.teacher = None
+
+    # ------------------------------------------------------------------------------------- delegated hooks
+    def resolve(self, n_train: int, image_size: int) -> None:
+        self.base.resolve(n_train, image_size)
+
+    def augment(self, image_size: int):
+        return self.base.augment(image_size)
+
+    def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+        return self.base.optimizer(model, device)
+
+    def lr_factor(self, step: int, total: int) -> float:
+        return self.base.lr_factor(step, total)
+
+    def on_epoch(self, model: nn.Module, epoch: int, epochs: float) -> None:
+        self.base.on_epoch(model, epoch, epochs)
+
+    def after_step(self, model: nn.Module, step: int, total: int) -> None:
+        self.base.after_step(model, step, total)
+
+    def finish(self, model: nn.Module) -> None:
+        self.base.finish(model)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.base.state_tensors()
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.base.load_state_tensors(tensors)
+
+    def describe(self) -> dict:
+        return {**self.base.describe(), "name": self.name, "base": self.distill.base, "distill": asdict(self.distill)}
+
+    # ------------------------------------------------------------------------------------- teacher
+    def prepare(self, model: nn.Module, sample: torch.Tensor) -> None:
+        from ...artifact import load
+
+        device = next(model.parameters()).device
+        # fp32: the teacher's soft labels should not carry a second rounding error; the loss is computed in fp32.
+        self.teacher = load(self.distill.teacher, device=str(device), precision="fp32").net
+        kept = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.distill.keep_init else None
+        self.base.prepare(model, sample)
+        if kept is not None:
+            model.load_state_dict(kept)
+            # The base recipe's weight averages were taken after its initialisation: restart them from the kept weights.
+            self.base.load_state_tensors({k: kept[k] for k in self.base.state_tensors() if k in kept})
+
+    # ------------------------------------------------------------------------------------- loss
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        s = self.distill
+        with torch.no_grad():
+            teacher_logits = self.teacher(inputs).float()
+        require(teacher_logits.shape == logits.shape,
+                f"distill: the teacher gives {teacher_logits.shape[1]} classes, the student {logits.shape[1]}")
+        t = s.temperature
+        soft = nn.functional.kl_div(torch.log_softmax(logits / t, dim=1), torch.log_softmax(teacher_logits / t, dim=1),
+                                    reduction="sum", log_target=True) * t * t
+        if self.loss_reduction == "mean":
+            soft = soft / len(labels)
+        return s.alpha * soft + (1 - s.alpha) * self.base.loss(logits, labels, inputs)
