@@ -81,6 +81,8 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
+        """Data, split, model, loaders, optimizer; restores the checkpoint when resuming. Writes nothing until
+        everything that can fail on bad input has run, so a refused run leaves no directory behind."""
         cfg = self.config
         if cfg.resume:
             require(cfg.out, "--resume needs --out DIR: the run directory to continue")
@@ -98,56 +100,19 @@ class Trainer:
             _prepare_out(cfg)
         self.out = Path(cfg.out)
         self.split = make_split(self.images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        _, channels, height, width = self.images.images.shape
-        model_name = default_model(max(height, width)) if cfg.model == "auto" else cfg.model
-        self.recipe = create_recipe(default_recipe(model_name) if cfg.recipe == "auto" else cfg.recipe,
-                                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, **cfg.recipe_args)
-        self.recipe.resolve(len(self.split.train), max(height, width))
-        settings = self.recipe.settings
-
-        torch.manual_seed(cfg.seed)
-        arch_args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": max(height, width),
-                     **cfg.model_args}
-        self.model = create_model(model_name, **arch_args)
-        self.architecture = {"name": model_name, "args": arch_args}
-        if cfg.pretrained:
-            load_pretrained(self.model, cfg.pretrained)
-        self.model.to(self.device, memory_format=torch.channels_last)
-
-        # The decoded set goes to the device once (or streams from host memory); mean and std from training images.
-        host_images, labels = torch.from_numpy(self.images.images), torch.from_numpy(self.images.labels)
-        train_idx, val_idx = torch.from_numpy(self.split.train), torch.from_numpy(self.split.val)
-        sample = host_images[train_idx[:10000]].float()
-        self.mean = sample.mean(dim=(0, 2, 3)).tolist()
-        self.std = sample.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        augment = self.recipe.augment(max(height, width))
-        self.streaming = _should_stream(cfg.loader, host_images[train_idx], self.device)
-        if self.streaming:
-            self.train_loader = StreamingLoader(host_images[train_idx], labels[train_idx], settings.batch_size,
-                                                self.mean, self.std, self.device, augment, self.generator)
-            self.val_loader = StreamingLoader(host_images[val_idx], labels[val_idx], 1000, self.mean, self.std,
-                                              self.device)
-        else:
-            on_device = host_images.to(self.device)
-            labels, train_idx, val_idx = labels.to(self.device), train_idx.to(self.device), val_idx.to(self.device)
-            self.train_loader = DeviceLoader(on_device[train_idx], labels[train_idx], settings.batch_size, self.mean,
-                                             self.std, augment, self.generator)
-            self.val_loader = DeviceLoader(on_device[val_idx], labels[val_idx], 1000, self.mean, self.std)
-            del on_device
-
+        self._build_model()
+        self._build_loaders()
         self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = math.ceil(settings.epochs * self.steps_per_epoch)
+        self.total_steps = math.ceil(self.recipe.settings.epochs * self.steps_per_epoch)
         self.recipe.prepare(self.model, self.train_loader.normalise(self.train_loader.images[:5000].to(self.device)))
         self.optimizer = self.recipe.optimizer(self.model, self.device)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
+        self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
         # dynamic=False: the epoch's last, smaller batch gets its own static graph instead of turning every
         # later step into a slower dynamic-shape one.
-        self.forward = torch.compile(self.model, dynamic=False) if use_compile else self.model
-        self.compiled = use_compile
+        self.forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
         self.step, self.epoch, self.history = 0, 0, []
         if cfg.resume:
             self._restore(self.checkpoint)
@@ -156,10 +121,50 @@ class Trainer:
                 shutil.rmtree(self.out)  # --overwrite, checked above; only now that the data and model are fine
             self.out.mkdir(parents=True)
             save_split(self.out / SPLIT_FILE, self.images, self.split, cfg.seed)
-        self.emit("setup", device=str(self.device), precision=self.precision, model=model_name,
-                  recipe=self.recipe.name, compiled=use_compile, streaming=self.streaming, params=count_params(self.model),
-                  split=self.split.sizes(), epochs=settings.epochs, batch_size=settings.batch_size,
-                  steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped))
+        s = self.recipe.settings
+        self.emit("setup", device=str(self.device), precision=self.precision, model=self.architecture["name"],
+                  recipe=self.recipe.name, compiled=self.compiled, streaming=self.streaming,
+                  params=count_params(self.model), split=self.split.sizes(), epochs=s.epochs,
+                  batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped))
+
+    def _build_model(self) -> None:
+        cfg = self.config
+        _, channels, height, width = self.images.images.shape
+        self.image_side = max(height, width)
+        name = default_model(self.image_side) if cfg.model == "auto" else cfg.model
+        self.recipe = create_recipe(default_recipe(name) if cfg.recipe == "auto" else cfg.recipe,
+                                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, **cfg.recipe_args)
+        self.recipe.resolve(len(self.split.train), self.image_side)
+        torch.manual_seed(cfg.seed)
+        args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": self.image_side,
+                **cfg.model_args}
+        self.model = create_model(name, **args)
+        self.architecture = {"name": name, "args": args}
+        if cfg.pretrained:
+            load_pretrained(self.model, cfg.pretrained)
+        self.model.to(self.device, memory_format=torch.channels_last)
+
+    def _build_loaders(self) -> None:
+        """The decoded set goes to the device once (or streams from host memory); mean/std from training images."""
+        cfg, batch_size = self.config, self.recipe.settings.batch_size
+        images, labels = torch.from_numpy(self.images.images), torch.from_numpy(self.images.labels)
+        train_idx, val_idx = torch.from_numpy(self.split.train), torch.from_numpy(self.split.val)
+        sample = images[train_idx[:10000]].float()
+        self.mean = sample.mean(dim=(0, 2, 3)).tolist()
+        self.std = sample.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        augment = self.recipe.augment(self.image_side)
+        self.streaming = _should_stream(cfg.loader, images[train_idx], self.device)
+        if self.streaming:
+            self.train_loader = StreamingLoader(images[train_idx], labels[train_idx], batch_size, self.mean,
+                                                self.std, self.device, augment, self.generator)
+            self.val_loader = StreamingLoader(images[val_idx], labels[val_idx], 1000, self.mean, self.std, self.device)
+            return
+        images, labels = images.to(self.device), labels.to(self.device)
+        train_idx, val_idx = train_idx.to(self.device), val_idx.to(self.device)
+        self.train_loader = DeviceLoader(images[train_idx], labels[train_idx], batch_size, self.mean, self.std,
+                                         augment, self.generator)
+        self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.mean, self.std)
 
     # --------------------------------------------------------------------------------------------- train
     def train(self) -> None:
