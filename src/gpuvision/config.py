@@ -57,6 +57,7 @@ class EvaluateConfig:
     data: str | None = None  # default: the source recorded in the manifest
     split: str = "test"  # test, val or all
     tta: bool | None = None  # None: the recipe's choice, recorded in the manifest
+    plot: bool = True  # draw the confusion-matrix PNG (matplotlib costs about 2 s)
 
 
 @dataclass

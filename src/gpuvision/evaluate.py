@@ -79,8 +79,11 @@ def plot_confusion(report: dict, classes: list[str], path: Path, title: str) -> 
 
 def select_images(model: Model, data: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The images and labels (in the model's class indices) of one split, or of every image for split 'all'."""
-    size = tuple(model.image_size)
-    images = load_images(data, size, channels=model.channels)
+    # Decode with the settings training used, so the cache entry training made is found; data of another size or
+    # colour (--split all on new images) is conformed to the model's input instead.
+    images = load_images(data, model.manifest.get("settings", {}).get("image_size"))
+    if images.image_shape != (model.channels, *model.image_size):
+        images = load_images(data, tuple(model.image_size), channels=model.channels)
     if split == "all":
         unknown = sorted(set(images.classes) - set(model.classes))
         require(not unknown, f"{data}: class(es) {', '.join(unknown)} are not among the model's classes")
@@ -116,8 +119,9 @@ def evaluate(config: EvaluateConfig | str, **settings) -> dict:
     out = model.directory / "eval"
     out.mkdir(exist_ok=True)
     report["report"] = str(out / f"{config.split}.json")
-    report["confusion_png"] = str(out / f"{config.split}-confusion.png")
-    plot_confusion(report, model.classes, Path(report["confusion_png"]),
-                   f"{config.split}: accuracy {report['accuracy']:.4f} (n={report['n']})")
+    if config.plot:
+        report["confusion_png"] = str(out / f"{config.split}-confusion.png")
+        plot_confusion(report, model.classes, Path(report["confusion_png"]),
+                       f"{config.split}: accuracy {report['accuracy']:.4f} (n={report['n']})")
     write_json(report["report"], report)
     return report
