@@ -175,6 +175,5 @@ def test_cache_second_load_skips_decoding_and_notices_changes(tmp_path, monkeypa
     changed = load_images(str(tree))
     assert changed.fingerprint != first.fingerprint
     assert not np.array_equal(changed.images, first.images)
-    assert any(p.suffix == ".safetensors" for p in (tmp_path.parent.parent).rglob("*.safetensors")) or True
     cache_root = os.environ["GPUVISION_CACHE"]
     assert any(name.endswith(".safetensors") for name in os.listdir(cache_root))

@@ -122,7 +122,7 @@ def _fingerprint(kind: str, path: Path | None) -> str:
 # ---------------------------------------------------------------- decoding
 
 
-def _decode(data: bytes | Path) -> np.ndarray | None:
+def decode_image(data: bytes | Path) -> np.ndarray | None:
     """One image as H x W x C uint8 (C = 1 grey, 3 colour), or None if it is not a readable image."""
     try:
         with warnings.catch_warnings():
@@ -138,7 +138,7 @@ def _decode(data: bytes | Path) -> np.ndarray | None:
 
 
 def _decode_chunk(items: list) -> list:
-    return [_decode(x) for x in items]
+    return [decode_image(x) for x in items]
 
 
 def decode_many(items: list[bytes | Path]) -> list[np.ndarray | None]:
