@@ -43,7 +43,7 @@ class TrainConfig:
         require(self.batch_size is None or self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
         require(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
         require(self.compile in ("auto", "on", "off"), f"--compile must be auto, on or off, got {self.compile!r}")
-        require(self.loader in ("auto", "device", "stream"), f"--loader must be auto, device or stream: {self.loader!r}")
+        require(self.loader in ("auto", "device", "stream"), f"--loader must be auto, device or stream: {self.loader}")
         require(self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every/--checkpoint-every must be >= 0")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one")
         return self

@@ -33,7 +33,8 @@ class TrainProgress:
     def __call__(self, event: str, **info) -> None:
         if event == "setup":
             self.console.print(
-                f"training {info['model']} ({info['params']:,} parameters, recipe {info['recipe']}) on {info['device']} "
+                f"training {info['model']} ({info['params']:,} parameters, recipe {info['recipe']}) "
+                f"on {info['device']} "
                 f"in {info['precision']}{', compiled' if info['compiled'] else ''}; split {info['split']}; "
                 f"{info['epochs']} epochs of batch {info['batch_size']} ({info['steps']} steps) -> {info['out']}"
                 + (f"; skipped {info['skipped']} unreadable image(s)" if info["skipped"] else ""))

@@ -99,7 +99,8 @@ def save_cached(key: str, images: ImageSet) -> None:
             "labels": images.labels.astype(np.int64),
             "given_test": images.given_test.astype(np.uint8),
         }
-        meta = {k: getattr(images, k) for k in ("classes", "keys", "fingerprint", "name", "source", "skipped", "native_sizes")}
+        names = ("classes", "keys", "fingerprint", "name", "source", "skipped", "native_sizes")
+        meta = {k: getattr(images, k) for k in names}
         # The arrays go first: the JSON is the marker of a complete entry.
         atomic_write(directory / f"{key}.safetensors", lambda p: save_file(arrays, str(p)))
         atomic_write(directory / f"{key}.json", lambda p: Path(p).write_text(json.dumps(meta)))

@@ -44,7 +44,7 @@ def load_images(
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    require(image_size is None or all(1 <= s <= 4096 for s in image_size), f"image size must be in 1..4096: {image_size}")
+    require(image_size is None or all(1 <= s <= 4096 for s in image_size), f"image size must be 1..4096: {image_size}")
     require(channels in (None, 1, 3), f"channels must be 1 or 3, got {channels}")
     kind, path = _source_kind(src)
     fingerprint = _fingerprint(kind, path)
@@ -207,7 +207,8 @@ def _image_tree(entries: list, dirs: set[str], path: Path, image_size, channels)
     dirs = {d[len(root) :] for d in dirs if d.startswith(root) and d != root.rstrip("/")}
     split_layout = any(n.startswith("train/") for n, _ in entries)
     depth = 3 if split_layout else 2
-    images = [(n, d) for n, d in entries if n.count("/") == depth - 1 and PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    images = [(n, d) for n, d in entries
+              if n.count("/") == depth - 1 and PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
     require(images, f"{path}: no images found; expected <class>/<image> (or train/<class>/<image>)")
     class_of = {n: n.split("/")[depth - 2] for n, _ in images}
     classes = sorted(set(class_of.values()) | {d.split("/")[-1] for d in dirs if d.count("/") == depth - 2})

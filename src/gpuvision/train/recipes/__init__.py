@@ -39,7 +39,8 @@ class Recipe:
         names = {f.name for f in fields(self.settings)}
         unknown = set(overrides) - names
         if unknown:
-            raise UserError(f"unknown recipe setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+            known = ", ".join(sorted(names))
+            raise UserError(f"unknown recipe setting(s) {', '.join(sorted(unknown))}; known: {known}")
         for k, v in overrides.items():
             if v is not None:
                 setattr(self.settings, k, v)
