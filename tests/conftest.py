@@ -80,3 +80,15 @@ def cifar_model(tmp_path_factory, cifar_subset) -> Path:
     gpuvision.train(data=str(cifar_subset), out=str(out), device="cpu", precision="fp32", epochs=8, seed=0,
                     model_args={"widths": [32, 64, 64]}, eval_every=0, checkpoint_every=0)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run only where a CUDA GPU is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--no-compile", dest="compile", action="store_false",
                           help="skip torch.compile runtimes (saves minutes of compiling)")
     compress.add_argument("--device", default="cpu", help="where fine-tuning and distillation train")
+    compress.add_argument("--latency-repeats", type=int, default=30, help="timed runs per speed figure")
     compress.add_argument("--json", action="store_true")
 
     export = commands.add_parser("export", help="export a model to ONNX or a torch.export program, parity-checked")
@@ -223,7 +224,8 @@ def run_compress(args) -> int:
     config = CompressConfig(model_dir=args.model_dir, data=args.data, method=args.method,
                             target_sparsity=args.target_sparsity, student=args.student,
                             finetune_epochs=args.finetune_epochs, distill_epochs=args.distill_epochs, out=args.out,
-                            overwrite=args.overwrite, compile=args.compile, device=args.device)
+                            overwrite=args.overwrite, compile=args.compile, device=args.device,
+                            latency_repeats=args.latency_repeats)
     report = compress(config, on_event=progress)
     if args.json:
         _emit(report, True, "")

@@ -84,7 +84,7 @@ class DistillRecipe(Recipe):
         from ...artifact import load
 
         device = next(model.parameters()).device
-        # fp32: the teacher's soft labels should not carry a second rounding error; the loss is computed in fp32.
+        # fp32: the soft labels should not carry the teacher's rounding errors on top of the student's.
         self.teacher = load(self.distill.teacher, device=str(device), precision="fp32").net
         kept = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.distill.keep_init else None
         self.base.prepare(model, sample)
@@ -96,8 +96,9 @@ class DistillRecipe(Recipe):
     # ------------------------------------------------------------------------------------- loss
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         s = self.distill
-        with torch.no_grad():
-            teacher_logits = self.teacher(inputs).float()
+        # The Trainer calls the loss under its autocast; the teacher runs in fp32 all the same (see prepare).
+        with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
+            teacher_logits = self.teacher(inputs.float()).float()
         require(teacher_logits.shape == logits.shape,
                 f"distill: the teacher gives {teacher_logits.shape[1]} classes, the student {logits.shape[1]}")
         t = s.temperature
