@@ -74,11 +74,14 @@ class Recipe:
         return nn.functional.cross_entropy(logits, labels, label_smoothing=self.settings.label_smoothing,
                                            reduction=self.loss_reduction)
 
+    average: WeightAverage | None = None  # the recipe's weight average, if it keeps one (saved in checkpoints)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
+        return dict(self.average.avg) if self.average else {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        pass
+        for k, v in tensors.items():
+            self.average.avg[k].copy_(v)
 
     def describe(self) -> dict:
         return {"name": self.name, **asdict(self.settings)}

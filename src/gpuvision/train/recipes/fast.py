@@ -100,13 +100,6 @@ class FastRecipe(Recipe):
             self.average.update(model, decay)
             self.average.copy_to(model)
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.average.avg) if self.average else {}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for k, v in tensors.items():
-            self.average.avg[k].copy_(v)
-
 
 def init_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
     """Set a frozen conv to the (+/-) whitening transform of the images' k x k patches."""

@@ -74,10 +74,3 @@ class StandardRecipe(Recipe):
 
     def finish(self, model: nn.Module) -> None:
         self.average.copy_to(model)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.average.avg) if self.average else {}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for k, v in tensors.items():
-            self.average.avg[k].copy_(v)
