@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError, require
@@ -89,10 +89,6 @@ def read_config_file(path: str, config_type=TrainConfig) -> dict:
     unknown = sorted(set(settings) - names)
     require(not unknown, f"--config {path}: unknown setting(s) {', '.join(unknown)}")
     return settings
-
-
-def as_dict(config) -> dict:
-    return asdict(config)
 
 
 @dataclass
