@@ -21,7 +21,7 @@ from torchvision import datasets, transforms
 
 from gpuvision.device import synchronize
 from gpuvision.evaluate import tta_logits
-from gpuvision.models import create_model
+from gpuvision.models import create_model, model_spec
 from gpuvision.train.recipes import create_recipe
 
 # CIFAR-10's per-channel mean and std (of the official training set), the usual constants for Normalize.
@@ -49,7 +49,7 @@ def _loaders(tree: Path, batch_size: int, seed: int):
 
 def _train(model, recipe, loader, device, total_steps: int, epochs: float) -> int:
     """The recipe's loop over the DataLoader; returns the steps taken (bounded by total_steps)."""
-    optimizer = recipe.optimizer(model, device)
+    optimizer = recipe.optimizer(model, device, model_spec("fastnet"))
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     step = 0
@@ -98,7 +98,8 @@ def run_plain(tree: Path, device: str, seed: int = 0, epochs: float | None = Non
     settings = recipe.settings
     train, sample, test, classes = _loaders(tree, settings.batch_size, seed)
     model = create_model("fastnet", num_classes=len(classes), in_channels=3, image_size=32).to(dev)
-    recipe.prepare(model, torch.cat([x for x, _ in sample]).to(dev))
+    model_spec("fastnet").data_init(model, torch.cat([x for x, _ in sample]).to(dev))
+    recipe.prepare(model)
     setup_s = time.perf_counter() - started
 
     total_steps = math.ceil(settings.epochs * len(train))

@@ -21,6 +21,7 @@ class TrainConfig:
     epochs: float | None = None  # may be fractional (9.9)
     batch_size: int | None = None
     lr: float | None = None  # in the recipe's own units (see its settings)
+    optimizer: str | None = None  # sgd or muon; None: the recipe's choice
     image_size: int | None = None  # None: the most common size in the data
     device: str = "auto"
     precision: str = "auto"

@@ -101,7 +101,7 @@ def write_variant(ctx: Context, parent: Path, out: Path, base: dict, update: dic
 
 
 def train_variant(ctx: Context, source: Path, out: Path, name: str, args: dict, record: dict, epochs: float,
-                  pretrained: str | None = None, keep_init: bool = False) -> dict:
+                  pretrained: str | None = None) -> dict:
     """Train `name(args)` into `out` with the regular Trainer and the distill recipe (the source as teacher), on
     the parent's own split (same data, fractions and seed), then record the compression in its manifest."""
     from ..train.recipes import default_recipe
@@ -113,7 +113,7 @@ def train_variant(ctx: Context, source: Path, out: Path, name: str, args: dict, 
         else default_recipe(name)
     extra = {k: v for k, v in args.items() if k not in ("num_classes", "in_channels", "image_size")}
     result = train(data=ctx.config.data, model=name, model_args=extra, recipe="distill",
-                   recipe_args={"teacher": str(source), "base": base, "keep_init": keep_init}, epochs=epochs,
+                   recipe_args={"teacher": str(source), "base": base}, epochs=epochs,
                    image_size=settings.get("image_size"), val_fraction=settings["val_fraction"],
                    test_fraction=settings["test_fraction"], seed=ctx.config.seed if ctx.config.seed is not None
                    else ctx.manifest["seed"], device=ctx.config.device, compile="off", eval_every=0,
@@ -157,7 +157,7 @@ def _check_applicable(config: CompressConfig, manifest: dict) -> None:
     if "prune" in steps:
         from .prune import check_prunable
 
-        check_prunable(manifest)
+        check_prunable(manifest["architecture"]["name"])
     if "distill" in steps:
         from .distill import student_spec
 

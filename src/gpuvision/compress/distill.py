@@ -10,44 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import require
-from ..models import count_params, create_model, list_models
+from ..models import count_params, create_model, list_models, model_spec
 
 BASE_ARGS = ("num_classes", "in_channels", "image_size")
 HALF = 0.5
-
-
-def _round8(n: float) -> int:
-    return max(8, int(round(n / 8)) * 8)
-
-
-def _half_width(arch: dict) -> dict:
-    """The teacher's architecture arguments with every hidden layer half as wide."""
-    name, args = arch["name"], dict(arch["args"])
-    if name == "fastnet":
-        import inspect
-
-        from ..models.fastnet import FastNet
-
-        widths = args.get("widths", inspect.signature(FastNet).parameters["widths"].default)
-        return {**args, "widths": [_round8(w * HALF) for w in widths]}
-    from ..models.resnet import layer_shapes
-
-    template = create_model(name, **args)
-    shapes = {}
-    for layer, shape in layer_shapes(template).items():
-        shape = list(shape)
-        shape[0] = shape[0] if layer == "fc" else _round8(shape[0] * HALF)  # the classes stay
-        if len(shape) > 1 and not (len(shape) == 4 and shape[1] == args["in_channels"] and layer == "conv1"):
-            shape[1] = _round8(shape[1] * HALF)  # inputs follow the halved layer before, except the image's
-        shapes[layer] = shape
-    return {**args, "layer_shapes": shapes}
 
 
 def student_spec(teacher: dict, student: str | None) -> tuple[str, dict]:
     """(model name, architecture arguments) of the student; a student no smaller than the teacher is refused."""
     base = {k: teacher["args"][k] for k in BASE_ARGS}
     if student is None:
-        name, args = teacher["name"], _half_width(teacher)
+        require(model_spec(teacher["name"]).narrower is not None,
+                f"a {teacher['name']} has no narrower default student; give --student NAME")
+        name, args = teacher["name"], model_spec(teacher["name"]).narrower(teacher["args"], HALF)
     else:
         require(student in list_models(), f"--student {student}: unknown model; choose one of "
                 f"{', '.join(list_models())}")

@@ -16,31 +16,23 @@ import torch
 from torch import nn
 
 from ..errors import require
-from ..models import count_params, create_model
+from ..models import count_params, create_model, list_models, model_spec
 
-PRUNABLE = ("fastnet", "resnet18", "resnet34", "resnet50")
 ROUND_TO = 8  # kept channel counts are multiples of 8, which vectorised kernels handle without a remainder...
 NARROW = 64  # ...unless a prunable layer is narrower than this: there, steps of 8 overshoot the target
 SEARCH_STEPS = 10  # bisection steps on the channel fraction (each prunes a copy of the network)
 
 
-def check_prunable(manifest: dict) -> None:
-    name = manifest["architecture"]["name"]
-    require(name in PRUNABLE, f"pruning does not apply to a {name} (it knows {', '.join(PRUNABLE)})")
-
-
-def _ignored(net: nn.Module, name: str) -> list[nn.Module]:
-    # The classifier's outputs are the classes; fastnet's whitening layer is set from data and frozen.
-    if name == "fastnet":
-        return [net.head, net.whiten]
-    return [net.get_classifier()]
+def check_prunable(name: str) -> None:
+    known = [m for m in list_models() if model_spec(m).prunable]
+    require(model_spec(name).prunable, f"pruning does not apply to a {name} (it knows {', '.join(known)})")
 
 
 def _prune_copy(net: nn.Module, name: str, example: torch.Tensor, ratio: float) -> nn.Module:
     import torch_pruning as tp
 
     pruned = copy.deepcopy(net)
-    ignored = _ignored(pruned, name)
+    ignored = model_spec(name).pruning_ignored(pruned)
     widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d) and m not in ignored]
     pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                   pruning_ratio=ratio, ignored_layers=ignored,
@@ -69,25 +61,13 @@ def prune_network(net: nn.Module, arch: dict, example: torch.Tensor, target_spar
         best = _prune_copy(net, name, example, high)
     require(count_params(best) <= goal, f"pruning cannot remove {target_sparsity:.0%} of this {name}'s parameters; "
             "give a smaller --target-sparsity")
-    args = {**arch["args"], **_width_args(best, name)}
+    args = {**arch["args"], **model_spec(name).width_args(best)}
     rebuilt = create_model(name, **args).eval()
     rebuilt.load_state_dict(best.state_dict())
     with torch.no_grad():
         if not torch.allclose(rebuilt(example), best(example), atol=1e-5, rtol=1e-4):
             raise RuntimeError(f"the pruned {name} does not rebuild from {args}")
     return rebuilt, args
-
-
-def _width_args(pruned: nn.Module, name: str) -> dict:
-    if name == "fastnet":
-        widths = [group.conv2.out_channels for group in pruned.groups]
-        # One fraction for every layer keeps a group's two convolutions equally wide, as `widths` describes.
-        if any(group.conv1.out_channels != group.conv2.out_channels for group in pruned.groups):
-            raise RuntimeError("pruning left a fastnet group with two widths")
-        return {"widths": widths}
-    from ..models.resnet import layer_shapes
-
-    return {"layer_shapes": layer_shapes(pruned)}
 
 
 def make_pruned(ctx, source: Path, out: Path) -> dict:
@@ -97,7 +77,7 @@ def make_pruned(ctx, source: Path, out: Path) -> dict:
     from . import train_variant, write_variant
 
     model, net = eager_fp32(source)
-    check_prunable(model.manifest)
+    check_prunable(model.manifest["architecture"]["name"])
     arch = model.manifest["architecture"]
     example = ctx.normalised(ctx.test_images[:1], model.manifest)
     pruned, args = prune_network(net, arch, example, ctx.config.target_sparsity)
@@ -113,6 +93,6 @@ def make_pruned(ctx, source: Path, out: Path) -> dict:
     save_weights(init, pruned)
     try:
         return train_variant(ctx, source, out, arch["name"], args, record, epochs=ctx.config.finetune_epochs,
-                             pretrained=str(init), keep_init=True)
+                             pretrained=str(init))
     finally:
         init.unlink(missing_ok=True)

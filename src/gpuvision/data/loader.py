@@ -29,8 +29,8 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = True):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+                 dtype: torch.dtype = torch.float32, channels_last: bool = True, drop_last: bool = False):
+        self.images, self.labels, self.batch_size, self.drop_last = images, labels, batch_size, drop_last
         self.augment, self.generator, self.dtype, self.channels_last = augment, generator, dtype, channels_last
         device = images.device
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -42,6 +42,8 @@ class DeviceLoader:
             self.base_flip = torch.rand(len(images), device=device, generator=g) < 0.5
 
     def __len__(self) -> int:
+        if self.drop_last and len(self.labels) >= self.batch_size:
+            return len(self.labels) // self.batch_size
         return -(-len(self.labels) // self.batch_size)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -53,7 +55,7 @@ class DeviceLoader:
                 yield self.normalise(self.images[start:end]), self.labels[start:end]
             return
         order = torch.randperm(n, device=self.images.device, generator=self.generator)
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
             yield self._augment(self.images[idx], idx, epoch), self.labels[idx]
 

@@ -43,6 +43,18 @@ def _stratified_take(indices: np.ndarray, labels: np.ndarray, fraction: float, r
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(taken))
 
 
+def stratified_sample(labels: np.ndarray, indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """About n of `indices`, drawn at random in proportion to each class (seeded), in random order.
+
+    For statistics taken from training images (normalisation, whitening): sources sorted by class would give
+    the first class's statistics if the first n were taken."""
+    if n >= len(indices):
+        return np.random.default_rng(seed).permutation(indices)
+    rng = np.random.default_rng(seed)
+    _, taken = _stratified_take(np.asarray(indices), labels, n / len(indices), rng)
+    return rng.permutation(taken)
+
+
 def make_split(images: ImageSet, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
     """Stratified split; a source's own test part is used as the test split, and val is carved from train."""
     require(0 <= val_fraction < 1, f"--val-fraction must be in [0, 1), got {val_fraction}")

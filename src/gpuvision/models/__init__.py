@@ -1,7 +1,18 @@
-"""Model registry: each architecture is a factory registered by name; the manifest stores name + arguments."""
+"""Model registry: each architecture is a ModelSpec registered by name; the manifest stores name + arguments.
+
+A spec holds the builder and the few hooks that are specific to an architecture, so a new architecture is one file
+here and nothing outside `models/` asks which network it has:
+  * `data_init(net, sample)`: data-dependent initialisation from normalised training images (fastnet's whitening);
+  * `pruning_ignored(net)`: the layers structured pruning must keep whole (None: the net is not prunable);
+  * `width_args(net)`: the architecture arguments that rebuild a network whose channels were pruned;
+  * `narrower(args, fraction)`: the arguments of the same architecture with every hidden layer narrower;
+  * `early_params(net)`: parameters that train only in the first part of a run (fastnet's whitening bias).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,7 +20,35 @@ from torch import nn
 
 from ..registry import Registry
 
-MODELS: Registry = Registry("model")
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered architecture: its builder and its hooks (see the module docstring)."""
+
+    build: Callable[..., nn.Module]
+    description: str = ""
+    data_init: Callable[[nn.Module, torch.Tensor], None] | None = None
+    pruning_ignored: Callable[[nn.Module], list[nn.Module]] | None = None
+    width_args: Callable[[nn.Module], dict] | None = None
+    narrower: Callable[[dict, float], dict] | None = None
+    early_params: Callable[[nn.Module], list[nn.Parameter]] | None = None
+
+    @property
+    def prunable(self) -> bool:
+        return self.pruning_ignored is not None and self.width_args is not None
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(name: str, build: Callable[..., nn.Module], **hooks) -> ModelSpec:
+    spec = ModelSpec(build=build, **hooks)
+    MODELS.register(name)(spec)
+    return spec
+
+
+def model_spec(name: str) -> ModelSpec:
+    return MODELS.get(name)
 
 
 def create_model(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
@@ -18,7 +57,7 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
     Every argument is JSON-serialisable and saved in the manifest, so the same call rebuilds the network,
     including networks whose layer widths differ from the defaults.
     """
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    return MODELS.get(name).build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 
 
 def list_models() -> list[str]:
@@ -39,13 +78,14 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
 
     Tensors whose shape differs (a classifier head for other classes) are skipped, as timm does.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ..errors import UserError
 
     try:
         weights = load_file(path)
-    except (OSError, Exception) as e:  # safetensors raises its own error type for a malformed file
+    except (OSError, SafetensorError, ValueError) as e:
         raise UserError(f"--pretrained {path}: not a readable safetensors file ({e})") from e
     own = model.state_dict()
     usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
@@ -57,4 +97,5 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
 
 from . import fastnet, resnet  # noqa: E402,F401  (registers the models)
 
-__all__ = ["MODELS", "create_model", "list_models", "default_model", "count_params", "load_pretrained", "torch"]
+__all__ = ["MODELS", "ModelSpec", "count_params", "create_model", "default_model", "list_models", "load_pretrained",
+           "model_spec", "register_model"]

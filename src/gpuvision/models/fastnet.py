@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import MODELS
+from . import register_model
+
+DEFAULT_WIDTHS = (64, 256, 256)
 
 
 class Scale(nn.Module):
@@ -55,7 +57,7 @@ class ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, widths=(64, 256, 256),
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, widths=DEFAULT_WIDTHS,
                  whiten_kernel: int = 2, bn_momentum: float = 0.6, scale: float = 1 / 9):
         super().__init__()
         self.whiten = _conv(in_channels, 2 * in_channels * whiten_kernel**2, whiten_kernel, padding=0, bias=True)
@@ -77,7 +79,44 @@ class FastNet(nn.Module):
         return self.scale(self.head(torch.flatten(self.pool(x), 1)))
 
 
-@MODELS.register("fastnet")
-def fastnet(num_classes: int, in_channels: int, image_size: int, **kwargs) -> FastNet:
-    """airbench94-style net (about 2M parameters at the default widths 64/256/256)."""
+# ------------------------------------------------------------------------------------------ hooks
+def init_whitening(net: FastNet, sample: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set the frozen first conv to the (+/-) whitening transform of the sample's k x k patches.
+
+    sample: normalised training images (a seeded, class-stratified draw: data sorted by class would otherwise
+    whiten for one class only)."""
+    conv = net.whiten
+    c, (kh, kw) = conv.in_channels, conv.kernel_size
+    patches = sample.float().unfold(2, kh, 1).unfold(3, kw, 1).transpose(1, 3).reshape(-1, c * kh * kw)
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    # Strongest directions first, each scaled to unit variance; the negated copies let GELU pass both signs.
+    filters = (eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + eps)[:, None]).reshape(-1, c, kh, kw)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
+
+
+def _pruning_ignored(net: FastNet) -> list[nn.Module]:
+    # The classifier's outputs are the classes; the whitening layer is set from data and frozen.
+    return [net.head, net.whiten]
+
+
+def _width_args(pruned: FastNet) -> dict:
+    # One channel fraction for every layer keeps a group's two convolutions equally wide, as `widths` describes.
+    if any(group.conv1.out_channels != group.conv2.out_channels for group in pruned.groups):
+        raise RuntimeError("pruning left a fastnet group with two widths")
+    return {"widths": [group.conv2.out_channels for group in pruned.groups]}
+
+
+def _narrower(args: dict, fraction: float) -> dict:
+    widths = args.get("widths", DEFAULT_WIDTHS)
+    return {**args, "widths": [max(8, int(round(w * fraction / 8)) * 8) for w in widths]}
+
+
+def _build(num_classes: int, in_channels: int, image_size: int, **kwargs) -> FastNet:
     return FastNet(num_classes, in_channels, image_size, **kwargs)
+
+
+register_model("fastnet", _build, description="airbench94-style net (about 2M parameters at widths 64/256/256)",
+               data_init=init_whitening, pruning_ignored=_pruning_ignored, width_args=_width_args,
+               narrower=_narrower, early_params=lambda net: [net.whiten.bias])

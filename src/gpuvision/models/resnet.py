@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import MODELS
+from . import register_model
 
 SMALL_INPUT = 64  # at or below this size the ImageNet stem would shrink the map too early
 
@@ -61,5 +61,25 @@ def resize_layers(model: nn.Module, shapes: dict[str, list[int]]) -> None:
         model.num_features = model.fc.in_features  # timm reads it when the head is reset
 
 
+def _narrower(arch: str, args: dict, fraction: float) -> dict:
+    """Every hidden layer `fraction` as wide (rounded to 8); the image's channels and the classes stay."""
+    template = _resnet(arch, **args)
+    shapes = {}
+    for layer, shape in layer_shapes(template).items():
+        shape = list(shape)
+        shape[0] = shape[0] if layer == "fc" else _round8(shape[0] * fraction)
+        if len(shape) > 1 and not (layer == "conv1" and len(shape) == 4):  # conv1 reads the image
+            shape[1] = _round8(shape[1] * fraction)
+        shapes[layer] = shape
+    return {**args, "layer_shapes": shapes}
+
+
+def _round8(n: float) -> int:
+    return max(8, int(round(n / 8)) * 8)
+
+
 for _name in ("resnet18", "resnet34", "resnet50"):
-    MODELS.register(_name)(lambda _arch=_name, **kw: _resnet(_arch, **kw))
+    register_model(_name, lambda _arch=_name, **kw: _resnet(_arch, **kw), description=f"timm {_name}",
+                   pruning_ignored=lambda net: [net.get_classifier()],
+                   width_args=lambda net: {"layer_shapes": layer_shapes(net)},
+                   narrower=lambda args, fraction, _arch=_name: _narrower(_arch, args, fraction))

@@ -24,15 +24,17 @@ from ..artifact import WEIGHTS, library_versions, save_weights, write_manifest
 from ..config import TrainConfig
 from ..data import load_images, make_split
 from ..data.loader import DeviceLoader, StreamingLoader
-from ..data.split import save_split
+from ..data.split import save_split, stratified_sample
 from ..device import autocast, pick_device, pick_precision
 from ..errors import require
-from ..models import count_params, create_model, default_model, load_pretrained
+from ..models import count_params, create_model, default_model, load_pretrained, model_spec
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .recipes import create_recipe, default_recipe
 
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
+STATS_IMAGES = 10_000  # training images that set the input normalisation
+DATA_INIT_IMAGES = 5_000  # of those, the ones a model's data-dependent initialisation sees (fastnet's whitening)
 LOGS_PER_EPOCH = 4  # logging points per epoch when a progress callback listens (each is one device sync)
 
 Event = Callable[..., None]
@@ -104,8 +106,12 @@ class Trainer:
         self._build_loaders()
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = math.ceil(self.recipe.settings.epochs * self.steps_per_epoch)
-        self.recipe.prepare(self.model, self.train_loader.normalise(self.train_loader.images[:5000].to(self.device)))
-        self.optimizer = self.recipe.optimizer(self.model, self.device)
+        spec = model_spec(self.architecture["name"])
+        if spec.data_init and not cfg.pretrained:  # given weights are kept as they are
+            sample = torch.from_numpy(self.images.images[self.stats_sample[:DATA_INIT_IMAGES]]).to(self.device)
+            spec.data_init(self.model, self.train_loader.normalise(sample))
+        self.recipe.prepare(self.model)
+        self.optimizer = self.recipe.optimizer(self.model, self.device, spec)
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -133,7 +139,8 @@ class Trainer:
         self.image_side = max(height, width)
         name = default_model(self.image_side) if cfg.model == "auto" else cfg.model
         self.recipe = create_recipe(default_recipe(name) if cfg.recipe == "auto" else cfg.recipe,
-                                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, **cfg.recipe_args)
+                                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+                                    **cfg.recipe_args)
         self.recipe.resolve(len(self.split.train), self.image_side)
         torch.manual_seed(cfg.seed)
         args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": self.image_side,
@@ -149,7 +156,9 @@ class Trainer:
         cfg, batch_size = self.config, self.recipe.settings.batch_size
         images, labels = torch.from_numpy(self.images.images), torch.from_numpy(self.images.labels)
         train_idx, val_idx = torch.from_numpy(self.split.train), torch.from_numpy(self.split.val)
-        sample = images[train_idx[:10000]].float()
+        # A seeded draw in proportion to the classes: sources sorted by class would otherwise give one class's mean.
+        self.stats_sample = stratified_sample(self.images.labels, self.split.train, STATS_IMAGES, cfg.seed)
+        sample = images[torch.from_numpy(self.stats_sample)].float()
         self.mean = sample.mean(dim=(0, 2, 3)).tolist()
         self.std = sample.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -163,7 +172,7 @@ class Trainer:
         images, labels = images.to(self.device), labels.to(self.device)
         train_idx, val_idx = train_idx.to(self.device), val_idx.to(self.device)
         self.train_loader = DeviceLoader(images[train_idx], labels[train_idx], batch_size, self.mean, self.std,
-                                         augment, self.generator)
+                                         augment, self.generator, drop_last=self.recipe.settings.drop_last)
         self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.mean, self.std)
 
     # --------------------------------------------------------------------------------------------- train

@@ -13,6 +13,7 @@ from torch import nn
 
 from ...data.augment import Augment
 from ...errors import UserError
+from ...models import ModelSpec
 from ...registry import Registry
 
 RECIPES: Registry = Registry("recipe")
@@ -27,6 +28,8 @@ class BaseSettings:
     lr: float | None = None
     label_smoothing: float = 0.0
     tta_level: int = 1  # test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations
+    optimizer: str = "sgd"  # sgd or muon (Muon on the convolution filters, the recipe's SGD on the rest)
+    drop_last: bool = False  # skip each epoch's last, smaller batch (one compiled shape, fewer wasted steps)
 
 
 class Recipe:
@@ -51,10 +54,11 @@ class Recipe:
     def augment(self, image_size: int) -> Augment:
         return Augment()
 
-    def prepare(self, model: nn.Module, sample: torch.Tensor) -> None:
-        """Initialise the model from a normalised sample of training images before the first step."""
+    def prepare(self, model: nn.Module) -> None:
+        """Before the first step, after the model's own data-dependent initialisation (e.g. start weight averages)."""
 
-    def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
+        """The optimiser; `spec` carries the architecture's hooks (e.g. parameters that train only early)."""
         raise NotImplementedError
 
     def lr_factor(self, step: int, total: int) -> float:

@@ -7,9 +7,6 @@ The base recipe (fast or standard) keeps its optimiser, schedule, augmentation, 
 changes: alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * the base recipe's label loss
 (Hinton et al., 2015). The teacher sees the student's augmented, normalised batches, so train the student on the
 teacher's data (as `gpuvision compress` does): the normalisation statistics then match.
-
-`keep_init` is for a student that starts from given weights (a pruned network being fine-tuned): data-dependent
-initialisation (fastnet's whitening) would otherwise overwrite them.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import require
+from ...models import ModelSpec
 from . import RECIPES, Recipe, create_recipe
 
 
@@ -30,7 +28,6 @@ class DistillSettings:
     base: str = "fast"  # recipe that supplies optimiser, schedule, augmentation and TTA
     alpha: float = 0.9  # weight of the soft-label term; 1 - alpha goes to the hard labels
     temperature: float = 4.0  # softens both distributions; the T^2 factor keeps gradient sizes comparable
-    keep_init: bool = False  # keep the student's given weights through `prepare` (fine-tuning a pruned net)
 
 
 @RECIPES.register("distill")
@@ -38,8 +35,8 @@ class DistillRecipe(Recipe):
     name = "distill"
 
     def __init__(self, teacher: str = "", base: str = "fast", alpha: float = 0.9, temperature: float = 4.0,
-                 keep_init: bool = False, **overrides):
-        self.distill = DistillSettings(teacher, base, alpha, temperature, keep_init)
+                 **overrides):
+        self.distill = DistillSettings(teacher, base, alpha, temperature)
         require(bool(teacher), "the distill recipe needs recipe_args teacher=<model directory>")
         require(base != "distill", "the distill recipe's base must be another recipe (fast or standard)")
         require(0.0 <= alpha <= 1.0 and temperature > 0, "distill: alpha must be in [0, 1] and temperature > 0")
@@ -55,8 +52,8 @@ class DistillRecipe(Recipe):
     def augment(self, image_size: int):
         return self.base.augment(image_size)
 
-    def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-        return self.base.optimizer(model, device)
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
+        return self.base.optimizer(model, device, spec)
 
     def lr_factor(self, step: int, total: int) -> float:
         return self.base.lr_factor(step, total)
@@ -80,18 +77,13 @@ class DistillRecipe(Recipe):
         return {**self.base.describe(), "name": self.name, "base": self.distill.base, "distill": asdict(self.distill)}
 
     # ------------------------------------------------------------------------------------- teacher
-    def prepare(self, model: nn.Module, sample: torch.Tensor) -> None:
+    def prepare(self, model: nn.Module) -> None:
         from ...artifact import load
 
         device = next(model.parameters()).device
         # fp32: the soft labels should not carry the teacher's rounding errors on top of the student's.
         self.teacher = load(self.distill.teacher, device=str(device), precision="fp32").net
-        kept = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.distill.keep_init else None
-        self.base.prepare(model, sample)
-        if kept is not None:
-            model.load_state_dict(kept)
-            # The base recipe's weight averages were taken after its initialisation: restart them from the kept weights.
-            self.base.load_state_tensors({k: kept[k] for k in self.base.state_tensors() if k in kept})
+        self.base.prepare(model)
 
     # ------------------------------------------------------------------------------------- loss
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...data.augment import Augment
+from ...models import ModelSpec
 from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params, step_kernel
 
 
@@ -50,10 +51,10 @@ class StandardRecipe(Recipe):
         s = self.settings
         return Augment(flip=True, altflip=False, translate=int(image_size * s.translate_fraction), cutout=s.cutout)
 
-    def prepare(self, model: nn.Module, sample: torch.Tensor) -> None:
+    def prepare(self, model: nn.Module) -> None:
         self.average = WeightAverage(model)
 
-    def optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
         s = self.settings
         lr = s.lr * s.batch_size / 256
         no_decay, decay = norm_and_bias_params(model)
