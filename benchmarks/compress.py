@@ -41,41 +41,49 @@ def parent_model(args) -> Path:
 
 def pt2e_row(parent: Path, data: str, repeats: int) -> dict:
     """torchao PT2E int8 (X86InductorQuantizer), compiled with freezing: measured, not saved (see quantize.py)."""
-    from gpuvision.artifact import compile_for_inference
+    import torch._inductor.config as inductor_config
+
+    from gpuvision.artifact import ModelDir
     from gpuvision.compress import Context, _load_data
     from gpuvision.compress.quantize import pt2e_int8
-    from gpuvision.compress.report import accuracy, speed
     from gpuvision.config import CompressConfig
-    from gpuvision.export import eager_fp32
+    from gpuvision.runtime import build_network
+    from gpuvision.runtime.timing import speed
 
-    model, net = eager_fp32(parent)
+    model_dir = ModelDir.open(parent)
+    net = build_network(model_dir)
     config = CompressConfig(model_dir=str(parent), data=data)
-    images, split = _load_data(config, model.manifest)
-    ctx = Context(config, parent, model.manifest, images, split)
+    images, split = _load_data(config, model_dir)
+    ctx = Context(config, model_dir, images, split)
     started = time.perf_counter()
-    quantized = pt2e_int8(net, ctx.normalised(ctx.calibration_images(), model.manifest))
-    run = compile_for_inference(quantized)
-    inputs = ctx.normalised(ctx.test_images, model.manifest)
-    with torch.no_grad():
-        figures = speed(lambda x: run(x.contiguous()), inputs, repeats, torch.device("cpu"))
-        acc = accuracy(lambda x: run(x.contiguous()), inputs, ctx.test_labels)
-    return {"name": "int8-pt2e (not saved)", "runtime": "inductor-int8", **figures, "accuracy": acc,
-            "seconds_to_make": time.perf_counter() - started}
+    quantized = pt2e_int8(net, ctx.inputs(ctx.calibration_images(), model_dir.manifest))
+    compiled = torch.compile(quantized)
+
+    @torch.no_grad()
+    def run(x):
+        with inductor_config.patch(freezing=True):  # the quantised graph's weight packing needs freezing
+            return compiled(x.contiguous())
+
+    inputs = ctx.inputs(ctx.test_images, model_dir.manifest)
+    figures = speed(run, inputs, repeats, torch.device("cpu"))
+    predicted = torch.cat([run(inputs[i : i + 64]).argmax(1) for i in range(0, len(inputs), 64)]).numpy()
+    return {"name": "int8-pt2e (not saved)", "runtime": "inductor-int8", **figures,
+            "accuracy": float((predicted == ctx.test_labels).mean()), "seconds_to_make": time.perf_counter() - started}
 
 
 def int8_agreement(parent: Path, int8_dir: Path, data: str) -> dict:
     """Top-1 agreement and accuracy of the int8 ONNX model against the fp32 model on the full test set."""
-    from gpuvision.artifact import load
+    import gpuvision
+    from gpuvision.artifact import ModelDir
     from gpuvision.evaluate import select_images
-    from gpuvision.export import eager_fp32, parity, parity_inputs
+    from gpuvision.export import parity
 
-    model, net = eager_fp32(parent)
-    inputs = parity_inputs(model, data, 0)
-    result = parity(net, load(int8_dir).net, inputs)
-    _, labels = select_images(model, data, "test")
-    with torch.no_grad():
-        fp32 = np.concatenate([net(inputs[i : i + 500]).argmax(1).numpy() for i in range(0, len(inputs), 500)])
-    return {**result, "fp32_accuracy": float((fp32 == labels).mean())}
+    fp32, int8 = gpuvision.load(parent, device="cpu"), gpuvision.load(int8_dir, device="cpu")
+    pixels, labels = select_images(ModelDir.open(parent), data, "test")
+    pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+    result = parity(lambda x: fp32.logits(x, tta=False), lambda x: int8.logits(x, tta=False), pixels)
+    predicted = fp32.logits(pixels, tta=False).argmax(1).numpy()
+    return {**result, "fp32_accuracy": float((predicted == labels).mean())}
 
 
 def main(argv=None) -> int:
@@ -92,6 +100,7 @@ def main(argv=None) -> int:
     from gpuvision.compress.report import markdown
     from gpuvision.config import CompressConfig, ExportConfig
     from gpuvision.export import export_model
+    from gpuvision.progress import StageProgress
 
     result = header("compress", "cpu", argv)
     path = result_path(result)
@@ -102,7 +111,7 @@ def main(argv=None) -> int:
     report = compress(CompressConfig(model_dir=str(parent), data=args.data, method="all", out=str(out),
                                      finetune_epochs=args.finetune_epochs, distill_epochs=args.distill_epochs,
                                      latency_repeats=args.repeats),
-                      on_event=lambda event, **info: log(info["text"]) if event == "stage" else None)
+                      on_event=StageProgress())
     result["compress_seconds"] = time.perf_counter() - started
     result["report"] = report
     write_result(result, path)
@@ -111,7 +120,8 @@ def main(argv=None) -> int:
     write_result(result, path)
     log("ONNX parity on the full test set")
     result["onnx_fp32_parity"] = export_model(ExportConfig(model_dir=str(parent), format="onnx",
-                                                           out=str(out / "export" / "model.onnx"), parity_images=0))
+                                                           out=str(out.parent / f"{out.name}-export" / "model.onnx"),
+                                                           parity_images=0))
     result["int8_vs_fp32"] = int8_agreement(parent, out / "int8", args.data)
     write_result(result, path)
 

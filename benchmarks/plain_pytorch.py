@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from gpuvision.device import synchronize
-from gpuvision.evaluate import tta_logits
 from gpuvision.models import create_model, model_spec
+from gpuvision.runtime import tta_logits
 from gpuvision.train.recipes import create_recipe
 
 # CIFAR-10's per-channel mean and std (of the official training set), the usual constants for Normalize.
@@ -77,7 +77,7 @@ def _evaluate(model, loader, device, tta_level: int) -> float:
     model.eval()
     correct = total = 0
     for x, y in loader:
-        logits = tta_logits(model, x.to(device), tta_level, device, "fp32")
+        logits = tta_logits(model, x.to(device), tta_level)
         correct += int((logits.argmax(1).cpu() == y).sum())
         total += len(y)
     return correct / max(total, 1)

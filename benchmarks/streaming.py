@@ -38,7 +38,8 @@ def run(data: str, loader: str, args) -> dict:
                                  compile=args.compile)
         wall = time.perf_counter() - started
         record = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"loader": loader, "device": result.manifest["device"], "precision": result.manifest["precision"],
+    return {"loader": loader, "device": result.manifest.training.device,
+            "precision": result.manifest.training.precision,
             "steps": record["step"], "images_per_s": record["images_per_s"],
             "data_wait_share": record.get("data_wait_share"), "train_seconds": record["seconds"], "wall_s": wall}
 

@@ -114,8 +114,8 @@ def gpuvision_once(args, data: dict, out: Path, seed: int, epochs: float | None)
     after = _dynamo_stats()
     return {"seed": seed, "accuracy": report["accuracy"], "tta": report["tta"], "n_test": report["n"],
             "time_s": done - started, "train_s": trained - started, "eval_s": done - trained,
-            "loop_s": sum(r["seconds"] for r in metrics), "precision": m["precision"], "compiled": m["compiled"],
-            "epochs": m["recipe"]["epochs"], "batch_size": m["recipe"]["batch_size"],
+            "loop_s": sum(r["seconds"] for r in metrics), "precision": m.training.precision,
+            "compiled": m.training.compiled, "epochs": m.recipe["epochs"], "batch_size": m.recipe["batch_size"],
             "dynamo": {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}}
 
 

@@ -7,14 +7,14 @@
     model.predict(["some.png"], top_k=3)
 """
 
-__version__ = "0.1.0"
+from .artifact import Manifest, ModelDir
+from .config import EvaluateConfig, TrainConfig
+from .data.inspect import inspect_source
+from .errors import UserError
+from .evaluate import evaluate
+from .runtime import Model, load
+from .train.trainer import TrainResult, train
+from .version import __version__
 
-from .artifact import Model, load  # noqa: E402
-from .config import EvaluateConfig, TrainConfig  # noqa: E402
-from .data.inspect import inspect_source  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .train.trainer import TrainResult, train  # noqa: E402
-
-__all__ = ["EvaluateConfig", "Model", "TrainConfig", "TrainResult", "UserError", "evaluate", "inspect_source",
-           "load", "train", "__version__"]
+__all__ = ["EvaluateConfig", "Manifest", "Model", "ModelDir", "TrainConfig", "TrainResult", "UserError", "evaluate",
+           "inspect_source", "load", "train", "__version__"]

@@ -1,176 +1,293 @@
 """The model directory: the one contract between training and everything downstream.
 
-    manifest.json       what the directory holds (below); written last, so its presence marks a complete model
-    model.safetensors   the weights (first file the manifest vouches for)
+    manifest.json       the Manifest below (schema_version 2); written last and never rewritten, so its presence
+                        marks a complete model and its sha256 names the model's version
+    model.safetensors   the weights (or model.onnx for an onnxruntime model)
     split.json          the sample keys of the train/val/test split, with the source fingerprint
-    metrics.jsonl, checkpoints/, eval/   beside them, not covered by the manifest
+    metrics.jsonl       one line per training epoch
+    model.sig           optional: a signature over all of the above, added by `gpuvision sign`
 
-Loading verifies the sha256 of every file the manifest lists and never unpickles anything.
+A directory holds exactly the files its manifest lists (plus model.sig). Every file is read through
+`ModelDir.read(name)`, which refuses a file that is not listed, lies outside the directory or behind a link,
+and verifies its sha256 at the moment it is read; verification of signatures and decryption plug in there.
+Nothing is unpickled. Version 1 directories (gpuvision 0.1) load under version 2 without being rewritten.
 """
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import json
+import math
 import platform
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-
-from .errors import UserError, require
+from .data.input_spec import InputSpec
+from .errors import IntegrityError, NotFound, Unsupported, UserError, require
 from .files import atomic_write, sha256_file, write_json
-from .registry import Registry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
-WEIGHTS = "model.safetensors"
-
-# format -> function(model_dir, manifest, device) returning a callable nn.Module-like network
-RUNTIMES: Registry[Callable] = Registry("model format")
-# Formats whose loader lives in a module with heavy imports (onnxruntime): imported on first use.
-LAZY_RUNTIMES = {"onnx": ".export"}
-
-
-def runtime_loader(fmt: str) -> Callable:
-    """The loader registered for a manifest's format, importing the module that registers it if need be."""
-    if fmt not in RUNTIMES and fmt in LAZY_RUNTIMES:
-        importlib.import_module(LAZY_RUNTIMES[fmt], __package__)
-    return RUNTIMES.get(fmt)
+SIGNATURE = "model.sig"
+WEIGHT_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
+BACKENDS = ("eager", "inductor", "onnxruntime")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+MAX_CLASSES = 100_000
+MAX_MANIFEST_BYTES = 64 << 20
 
 
-def compile_for_inference(net: torch.nn.Module) -> Callable:
-    """torch.compile for inference with inductor's freezing, which folds the weights in as constants: without it
-    compiled bf16 and int8 are no faster than eager fp32. The first call of each input shape compiles (seconds)."""
-    import torch._inductor.config as inductor_config
+@dataclass(frozen=True)
+class Inference:
+    """How the model is meant to run: backend, precision, and the machine that measured it fastest (or None)."""
 
-    # Set globally, not through torch.compile(options=...): the quantised graphs' weight pre-packing needs the
-    # freezing passes, which the per-call options did not switch on (measured: onednn.qconv_prepack unsupported).
-    # Freezing only touches graphs compiled without autograd, so compiled training is unaffected.
-    inductor_config.freezing = True
-    return torch.compile(net)
+    backend: str = "eager"
+    precision: str = "fp32"
+    measured_on: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name reports give a variant, e.g. "inductor-bf16"."""
+        return f"{self.backend}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class Training:
+    """Where and how the weights were trained."""
+
+    device: str
+    precision: str
+    world_size: int = 1
+    compiled: bool = False
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """Which images the model was trained, validated and tested on: the saved keys file and the source."""
+
+    file: str
+    source: str
+    source_fingerprint: str
+    sizes: dict
+    skipped: int = 0
+    val_source: str = "carved"  # carved from the training images, or given:val (the source's own val/ part)
+    test_source: str = "carved"  # carved, given:test, or given:val when the source has val/ but no test/
+
+
+@dataclass
+class Manifest:
+    """What a model directory holds and how to run it; fields are typed and validated when read."""
+
+    format: str
+    weights: str
+    architecture: dict
+    classes: list
+    input: InputSpec
+    split: SplitRecord
+    inference: Inference = field(default_factory=Inference)
+    training: Training | None = None
+    tta_level: int = 0
+    reference: dict | None = None  # test-split figures serving compares production with (runtime/reference.py)
+    seed: int = 0
+    settings: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    params: int | None = None
+    flops: int | None = None
+    metrics: dict = field(default_factory=dict)
+    compression: dict | None = None
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    files: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # fields of a newer minor version, kept as they were read
+
+    def to_dict(self) -> dict:
+        d = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in asdict(self).items() if k != "extra"}}
+        d["input"] = self.input.to_dict()
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d, where: str = MANIFEST) -> Manifest:
+        require(isinstance(d, dict), f"{where}: not a manifest (a JSON object is expected)", IntegrityError)
+        version = d.get("schema_version")
+        if version == 1:
+            d = _from_v1(d)
+        else:
+            require(isinstance(version, int), f"{where}: no schema_version; not a gpuvision manifest", IntegrityError)
+            require(version <= SCHEMA_VERSION, f"{where}: schema_version {version} is newer than this gpuvision "
+                    f"reads ({SCHEMA_VERSION}); upgrade gpuvision", Unsupported)
+        try:
+            return _parse(d)
+        except (KeyError, TypeError, ValueError, UserError) as e:
+            detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
+            raise IntegrityError(f"{where}: malformed manifest ({detail}); the model directory is damaged") from e
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(what)
+
+
+def _is_name(name) -> bool:
+    """A plain relative file name inside the directory: no absolute path, no '..', no backslash tricks."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    posix = PurePosixPath(name)
+    return not posix.is_absolute() and ".." not in posix.parts and posix.parts[0] not in ("", ".")
+
+
+def _parse(d: dict) -> Manifest:
+    known = {f for f in Manifest.__dataclass_fields__ if f != "extra"}
+    fmt = d["format"]
+    _check(fmt in WEIGHT_FILES, f"format {fmt!r} is not one of {', '.join(WEIGHT_FILES)}")
+    files = d["files"]
+    _check(isinstance(files, dict) and all(_is_name(k) and isinstance(v, str) and len(v) == 64
+                                           for k, v in files.items()), "files must map relative names to sha256")
+    weights = d["weights"]
+    _check(weights in files, f"weights file {weights!r} is not among the listed files")
+    arch = d["architecture"]
+    _check(isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("args"), dict),
+           "architecture must be {name, args}")
+    classes = d["classes"]
+    _check(isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES
+           and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes),
+           f"classes must be 2..{MAX_CLASSES} distinct strings")
+    split = SplitRecord(**d["split"])
+    _check(split.file in files and split.file.endswith(".json"), "split.file must be a listed .json file")
+    inference = Inference(**d.get("inference") or {})
+    _check(inference.backend in BACKENDS and inference.precision in PRECISIONS, f"unknown inference {inference}")
+    training = Training(**d["training"]) if d.get("training") else None
+    tta = d.get("tta_level", 0)
+    _check(tta in (0, 1, 2), "tta_level must be 0, 1 or 2")
+    for key, kind in (("reference", dict), ("compression", dict)):
+        _check(d.get(key) is None or isinstance(d[key], kind), f"{key} must be an object")
+    for key in ("settings", "recipe", "metrics", "versions"):
+        _check(isinstance(d.get(key, {}), dict), f"{key} must be an object")
+    return Manifest(format=fmt, weights=weights, architecture=arch, classes=classes,
+                    input=InputSpec.from_dict(d["input"]), split=split, inference=inference, training=training,
+                    tta_level=tta, reference=d.get("reference"), seed=d.get("seed", 0),
+                    settings=d.get("settings", {}), recipe=d.get("recipe", {}), params=d.get("params"),
+                    flops=d.get("flops"), metrics=d.get("metrics", {}), compression=d.get("compression"),
+                    versions=d.get("versions", {}), created=d.get("created", ""), files=files,
+                    extra={k: v for k, v in d.items() if k not in known and k != "schema_version"})
+
+
+def _from_v1(d: dict) -> dict:
+    """A version-1 manifest (gpuvision 0.1) in version-2 terms; the directory itself is not changed."""
+    d = dict(d)
+    runtime = str(d.pop("runtime", "eager"))  # "eager", "eager-fp32", "inductor-bf16", "onnxruntime-int8"
+    backend, _, precision = runtime.partition("-")
+    fmt = d.get("format", "safetensors")
+    d["weights"] = d.pop("onnx_file", None) or WEIGHT_FILES.get(fmt, "")
+    d["inference"] = {"backend": backend, "precision": precision or "fp32"}
+    if "device" in d:
+        d["training"] = {"device": d.pop("device"), "precision": d.pop("precision", "fp32"),
+                         "compiled": bool(d.pop("compiled", False))}
+    d["input"] = {k: v for k, v in d.get("input", {}).items() if k != "value_range"}
+    return d
+
+
+class ModelDir:
+    """A model directory opened for reading: its validated manifest, and verified reads of its files."""
+
+    def __init__(self, path: Path, manifest: Manifest, manifest_sha256: str):
+        self.path, self.manifest, self.manifest_sha256 = path, manifest, manifest_sha256
+
+    @classmethod
+    def open(cls, path: str | Path) -> ModelDir:
+        """Read and validate the manifest; check that every listed file is a plain file inside the directory."""
+        path = Path(path)
+        require(path.is_dir(), f"{path}: no such model directory", NotFound)
+        manifest_path = path / MANIFEST
+        require(manifest_path.is_file() and not manifest_path.is_symlink(),
+                f"{path}: not a model directory (no {MANIFEST}); give a directory `gpuvision train` wrote", NotFound)
+        require(manifest_path.stat().st_size <= MAX_MANIFEST_BYTES, f"{manifest_path}: too large for a manifest",
+                IntegrityError)
+        raw = manifest_path.read_bytes()
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IntegrityError(f"{manifest_path}: not valid JSON ({e}); the model directory is damaged") from e
+        model_dir = cls(path, Manifest.from_dict(parsed, str(manifest_path)), hashlib.sha256(raw).hexdigest())
+        for name in model_dir.manifest.files:
+            model_dir._file(name)
+        return model_dir
+
+    @property
+    def version(self) -> str:
+        """The model's version: the first 12 hex digits of its manifest's sha256."""
+        return self.manifest_sha256[:12]
+
+    def _file(self, name: str) -> Path:
+        require(name in self.manifest.files, f"{self.path}: {name} is not listed in its manifest; refusing to read "
+                "it", IntegrityError)
+        file = self.path
+        for part in PurePosixPath(name).parts:  # no component may be a link: nothing outside is ever read
+            file = file / part
+            require(not file.is_symlink(), f"{self.path}: {name} is or passes through a link; refusing it",
+                    IntegrityError)
+        require(file.exists(), f"{self.path}: file {name} is missing; the model directory is incomplete",
+                IntegrityError)
+        require(file.is_file(), f"{self.path}: {name} is not a regular file", IntegrityError)
+        return file
+
+    def read(self, name: str) -> bytes:
+        """The bytes of a listed file, verified against the manifest's sha256 as they are read."""
+        data = self._file(name).read_bytes()
+        require(hashlib.sha256(data).hexdigest() == self.manifest.files[name],
+                f"{self.path}: file {name} was altered (sha256 mismatch); refusing it", IntegrityError)
+        return data
+
+    def read_json(self, name: str):
+        try:
+            return json.loads(self.read(name))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IntegrityError(f"{self.path}: {name} is not valid JSON ({e})") from e
+
+    def verify(self) -> None:
+        """Read and verify every listed file."""
+        for name in self.manifest.files:
+            self.read(name)
+
+
+def draft(directory: Path, manifest: Manifest, files: list[str]) -> ModelDir:
+    """A model directory whose files are written but whose manifest is not yet: `files` (plain files inside
+    `directory`) hashed into the manifest, readable through `read` (to measure it before the manifest is final)."""
+    hashes = {}
+    for name in files:
+        file = directory / name
+        if not _is_name(name) or file.is_symlink() or not file.is_file():
+            raise ValueError(f"{file}: not a plain file inside the model directory")
+        hashes[name] = sha256_file(file)
+    manifest = replace(manifest, files=hashes)
+    Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))  # what we write must read back
+    return ModelDir(directory, manifest, "")
+
+
+def write_manifest(directory: Path, manifest: Manifest, files: list[str]) -> Manifest:
+    """Hash `files` into the manifest and write manifest.json, last; it is never rewritten."""
+    manifest = draft(directory, manifest, files).manifest
+    write_json(directory / MANIFEST, manifest.to_dict())
+    return manifest
+
+
+def save_weights(path: Path, net) -> None:
+    """A network's state as safetensors, written atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda p: Path(p).write_bytes(save(state)))
 
 
 def library_versions() -> dict[str, str]:
     import numpy
+    import torch
     import torchvision
 
+    from .version import __version__
+
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "gpuvision": _own_version()}
+            "numpy": numpy.__version__, "gpuvision": __version__}
 
 
-def _own_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda p: save_file(state, p))
-
-
-def write_manifest(directory: Path, manifest: dict, files: list[str]) -> dict:
-    """Record the sha256 of `files` (in order) and write manifest.json atomically, last."""
-    manifest = {"schema_version": SCHEMA_VERSION, **manifest,
-                "files": {name: sha256_file(directory / name) for name in files}}
-    write_json(directory / MANIFEST, manifest)
-    return manifest
-
-
-def read_manifest(directory: str | Path) -> dict:
-    """The verified manifest: every file it lists is present and unchanged, or a UserError says which is not."""
-    directory = Path(directory)
-    require(directory.is_dir(), f"{directory}: no such model directory")
-    path = directory / MANIFEST
-    require(path.is_file(), f"{directory}: not a model directory (no {MANIFEST}); give a directory `train` wrote")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e}); the model directory is damaged") from e
-    require(manifest.get("schema_version") == SCHEMA_VERSION,
-            f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}; upgrade gpuvision")
-    for name, digest in manifest.get("files", {}).items():
-        file = directory / name
-        require(file.is_file(), f"{directory}: file {name} is missing; the model directory is incomplete")
-        require(sha256_file(file) == digest, f"{directory}: file {name} was altered (sha256 mismatch); refusing it")
-    return manifest
-
-
-@RUNTIMES.register("safetensors")
-def _load_eager(directory: Path, manifest: dict, device: torch.device) -> torch.nn.Module:
-    from .models import create_model
-
-    arch = manifest["architecture"]
-    net = create_model(arch["name"], **arch["args"])
-    net.load_state_dict(load_file(str(directory / WEIGHTS)))
-    memory_format = torch.channels_last if device.type != "mps" else torch.preserve_format
-    net = net.to(device=device, memory_format=memory_format).eval()
-    # `compress` records an inductor runtime where it measured it fastest; predict and serve then run it too.
-    return compile_for_inference(net) if manifest.get("runtime", "eager").startswith("inductor") else net
-
-
-class Model:
-    """A loaded model directory: `predict` on images, `logits` on uint8 batches."""
-
-    def __init__(self, directory: Path, manifest: dict, device: torch.device, precision: str):
-        self.directory, self.manifest, self.device, self.precision = directory, manifest, device, precision
-        self.net = runtime_loader(manifest.get("format", "safetensors"))(directory, manifest, device)
-        inp = manifest["input"]
-        self.classes: list[str] = manifest["classes"]
-        self.image_size: tuple[int, int] = tuple(inp["size"])
-        self.channels: int = inp["channels"]
-        self.mean = torch.tensor(inp["mean"], device=device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(inp["std"], device=device).view(1, -1, 1, 1)
-        self.tta_level: int = manifest.get("tta_level", 0)
-
-    def logits(self, images: torch.Tensor, tta: bool | None = None, batch_size: int = 500) -> torch.Tensor:
-        """Logits (float32, on the CPU) for N x C x H x W uint8 images in the model's input size."""
-        from .evaluate import tta_logits
-
-        level = self.tta_level if tta is None or tta else 0
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(self.device, non_blocking=True).float()
-            x = ((x - self.mean) * self.inv_std).contiguous(memory_format=torch.channels_last)
-            out.append(tta_logits(self.net, x, level, self.device, self.precision).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
-
-    def predict(self, images: list, top_k: int = 1, tta: bool | None = None) -> list[list[dict]]:
-        """Top-k classes for each image (a path, PIL image, H x W (x C) uint8 array); each {class, probability}."""
-        require(top_k >= 1, f"--top-k must be at least 1, got {top_k}")
-        batch = torch.from_numpy(self.prepare(images))
-        probs = torch.softmax(self.logits(batch, tta), dim=1)
-        values, indices = probs.topk(min(top_k, len(self.classes)), dim=1)
-        return [[{"class": self.classes[i], "probability": float(v)} for v, i in zip(vs, ix)]
-                for vs, ix in zip(values.tolist(), indices.tolist())]
-
-    def prepare(self, images: list) -> np.ndarray:
-        """Decode and conform images to the model's input: N x C x H x W uint8."""
-        from PIL import Image
-
-        from .data.sources import conform, decode_image
-
-        arrays = []
-        for item in images:
-            if isinstance(item, str | Path):
-                require(Path(item).is_file(), f"{item}: no such image file")
-                arr = decode_image(Path(item).read_bytes())
-                require(arr is not None, f"{item}: not an image (or an unreadable one); give a PNG or JPEG file")
-            elif isinstance(item, Image.Image):
-                arr = np.asarray(item.convert("L" if item.mode in ("1", "L", "LA") else "RGB"))
-            else:
-                arr = np.asarray(item, dtype=np.uint8)
-            arrays.append(arr[:, :, None] if arr.ndim == 2 else arr)
-        return conform(arrays, self.image_size, self.channels)
-
-
-def load(directory: str | Path, device: str = "auto", precision: str = "auto") -> Model:
-    """Load a model directory after verifying it: `gpuvision.load("runs/x").predict(["cat.png"])`."""
-    from .device import pick_device, pick_precision
-
-    manifest = read_manifest(directory)
-    dev = pick_device(device)
-    return Model(Path(directory), manifest, dev, pick_precision(precision, dev))
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: such a figure is recorded as null."""
+    return value if value is not None and math.isfinite(value) else None

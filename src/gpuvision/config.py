@@ -1,143 +1,228 @@
-"""One typed dataclass of settings per command; --config files and CLI flags fill them; saved in the manifest."""
+"""One typed dataclass of settings per command; --config files and CLI flags fill them; saved in the manifest.
+
+Each field is declared with `setting(default, help, ...)`: the CLI builds its flags, defaults and choices from
+these declarations (nothing restated there), and `validate()` checks every value against its declared type and
+range, so a value from a flag, a config file or an old manifest is refused at the edge with one clear line.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+import math
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from .errors import UserError, require
+from .errors import BadInput, NotFound, require
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
-@dataclass
-class TrainConfig:
-    """Settings of `gpuvision train`. None means: chosen automatically (from the data, model or device)."""
+def setting(default=MISSING, help: str = "", *, choices: tuple | str | None = None, low: float | None = None,
+            high: float | None = None, low_open: bool = False, flag: bool = True, factory=None):
+    """A config field: `help` for --help; `choices` a tuple or the name of a registry the CLI reads ("models",
+    "recipes", "methods", "formats"); `low`/`high` an inclusive range (`low_open`: low itself excluded);
+    `flag=False` for settings given another way (positional arguments, config files only)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
-    data: str = "digits"
-    model: str = "auto"  # fastnet up to 64 px, resnet18 above
-    model_args: dict = field(default_factory=dict)  # extra architecture arguments, e.g. {"widths": [32, 64, 64]}
-    recipe: str = "auto"  # fast for fastnet, standard for the others
-    recipe_args: dict = field(default_factory=dict)  # recipe settings beyond epochs/batch size/lr (see its dataclass)
-    epochs: float | None = None  # may be fractional (9.9)
-    batch_size: int | None = None
-    lr: float | None = None  # in the recipe's own units (see its settings)
-    optimizer: str | None = None  # sgd or muon; None: the recipe's choice
-    image_size: int | None = None  # None: the most common size in the data
-    device: str = "auto"
-    precision: str = "auto"
-    compile: str = "auto"  # auto: on for CUDA, off on the CPU (first compile costs 10-35 s there)
-    loader: str = "auto"  # device: the decoded set lives on the device; stream: batches copied from pinned host
-    # memory ahead of use; auto: device when the set fits in half the free device memory
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2  # used when the source has no test part of its own
-    eval_every: int = 1  # epochs between validation passes; 0: only at the end
-    checkpoint_every: int = 1  # epochs between checkpoints; 0: none
-    pretrained: str | None = None
-    out: str | None = None  # default runs/<data name>-<timestamp>
-    overwrite: bool = False
-    resume: bool = False
-    strict: bool = False
 
-    def validate(self) -> TrainConfig:
-        require(self.epochs is None or self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
-        require(self.batch_size is None or self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
-        require(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
-        require(self.compile in ("auto", "on", "off"), f"--compile must be auto, on or off, got {self.compile!r}")
-        require(self.loader in ("auto", "device", "stream"), f"--loader must be auto, device or stream: {self.loader}")
-        require(self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every/--checkpoint-every must be >= 0")
-        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one")
+def _base_types(annotation) -> tuple[type, ...]:
+    """The concrete types a field annotation admits (e.g. `float | None` -> (float, NoneType))."""
+    hint = eval(annotation, vars(typing), {}) if isinstance(annotation, str) else annotation  # noqa: S307
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    return tuple(typing.get_origin(a) or a for a in args)
+
+
+def field_types(config_type, name: str) -> tuple[type, ...]:
+    return _base_types(next(f for f in fields(config_type) if f.name == name).type)
+
+
+def _check_value(config, f) -> None:
+    value, allowed = getattr(config, f.name), _base_types(f.type)
+    flag = f"--{f.name.replace('_', '-')}"
+    if value is None:
+        require(type(None) in allowed, f"{flag} needs a value", BadInput)
+        return
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+        setattr(config, f.name, value)
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    require(ok, f"{flag} must be {names}, got {value!r}", BadInput)
+    meta = f.metadata
+    if isinstance(value, float):
+        require(math.isfinite(value), f"{flag} must be a finite number, got {value}", BadInput)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low, high = meta.get("low"), meta.get("high")
+        above = low is None or (value > low if meta.get("low_open") else value >= low)
+        range_text = f"{'(' if meta.get('low_open') else '['}{low}, {high if high is not None else 'inf'}]"
+        require(above and (high is None or value <= high), f"{flag} must be in {range_text}, got {value}", BadInput)
+    choices = meta.get("choices")
+    if isinstance(choices, tuple):
+        require(value in choices, f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}", BadInput)
+
+
+class Validated:
+    """validate(): every field against its declared type, range and fixed choices."""
+
+    def validate(self):
+        for f in fields(self):
+            _check_value(self, f)
         return self
 
 
 @dataclass
-class EvaluateConfig:
-    """Settings of `gpuvision evaluate`."""
+class TrainConfig(Validated):
+    """Settings of `gpuvision train`. None means: chosen automatically (from the data, model or device)."""
 
-    model_dir: str
-    data: str | None = None  # default: the source recorded in the manifest
-    split: str = "test"  # test, val or all
-    tta: bool | None = None  # None: the recipe's choice, recorded in the manifest
-    plot: bool = True  # draw the confusion-matrix PNG (matplotlib costs about 2 s)
+    data: str = setting("digits", "digits, an image folder, a .tar/.tar.gz/.tgz/.zip of one, "
+                        "cifar-10-python.tar.gz, or an IDX folder")
+    model: str = setting("auto", "network: auto (fastnet up to 64 px, resnet18 above)", choices="models")
+    model_args: dict = setting(help="extra architecture arguments, e.g. {widths: [32, 64, 64]}", flag=False,
+                               factory=dict)
+    recipe: str = setting("auto", "training recipe: auto (fast for fastnet, standard otherwise)", choices="recipes")
+    recipe_args: dict = setting(help="recipe settings beyond epochs/batch size/lr (see its dataclass)", flag=False,
+                                factory=dict)
+    epochs: float | None = setting(None, "training epochs, fractions allowed (default: from the data size)", low=0,
+                                   high=10_000, low_open=True)
+    batch_size: int | None = setting(None, "images per step (default: from the data size)", low=1, high=1 << 16)
+    lr: float | None = setting(None, "learning rate in the recipe's units (default: the recipe's)", low=0, high=1e6,
+                               low_open=True)
+    optimizer: str | None = setting(None, "sgd or muon (default: the recipe's)", choices=("sgd", "muon"))
+    image_size: int | None = setting(None, "resize images to S x S (default: the most common size)", low=1,
+                                     high=4096)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = setting("auto", "auto (bf16 where the device runs it fast), fp32, bf16 or fp16",
+                             choices=("auto", "fp32", "bf16", "fp16"))
+    compile: str = setting("auto", "torch.compile: auto (on for CUDA, off on the CPU), on or off",
+                           choices=("auto", "on", "off"))
+    loader: str = setting("auto", "device (data set on the device), stream (from pinned host memory), or auto",
+                          choices=("auto", "device", "stream"))
+    seed: int = setting(0, "seed of every random choice (split, init, batches, augmentation)", low=0, high=MAX_SEED)
+    val_fraction: float = setting(0.1, "fraction of the training images held out for validation", low=0, high=0.9)
+    test_fraction: float = setting(0.2, "fraction held out for testing, when the data has no test part", low=0,
+                                   high=0.9, low_open=True)
+    eval_every: int = setting(1, "epochs between validation passes (0: only at the end)", low=0)
+    checkpoint_every: int = setting(1, "epochs between checkpoints (0: none)", low=0)
+    keep_checkpoints: bool = setting(False, "keep checkpoints/ in the finished model directory (listed in its "
+                                     "manifest)")
+    pretrained: str | None = setting(None, "a local .safetensors file of initial weights")
+    max_decoded_bytes: str | None = setting(None, "bound on the decoded images' memory, e.g. 8G (default: "
+                                            "$GPUVISION_MAX_DECODED_BYTES or 8G)")
+    out: str | None = setting(None, "run directory = model directory (default: runs/<data name>-<timestamp>)")
+    overwrite: bool = setting(False, "replace --out if it is a directory gpuvision wrote (a model or a run)")
+    resume: bool = setting(False, "continue the run in --out from its last checkpoint")
+    strict: bool = setting(False, "refuse unreadable images instead of skipping them")
+
+    def validate(self) -> TrainConfig:
+        super().validate()
+        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one",
+                BadInput)
+        return self
+
+
+# What a resumed run may change: where it runs and how often it reports; everything else would change the result.
+RESUMABLE_SETTINGS = ("out", "resume", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "loader",
+                      "max_decoded_bytes", "overwrite")
 
 
 @dataclass
-class PredictConfig:
+class EvaluateConfig(Validated):
+    """Settings of `gpuvision evaluate`."""
+
+    model_dir: str = setting(help="model directory", flag=False)
+    data: str | None = setting(None, "source to evaluate on (default: the one recorded in the manifest)")
+    split: str = setting("test", "test, val, or all (every image of the source)", choices=("test", "val", "all"))
+    tta: bool | None = setting(None, "test-time augmentation (default: the recipe's choice)")
+    plot: bool = setting(True, "draw the confusion-matrix PNG")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    out: str | None = setting(None, "report directory (default: MODEL_DIR-eval)")
+
+
+@dataclass
+class PredictConfig(Validated):
     """Settings of `gpuvision predict`."""
 
-    model_dir: str
-    images: list[str]
-    top_k: int = 1
+    model_dir: str = setting(help="model directory", flag=False)
+    images: list = setting(help="image files", flag=False, factory=list)
+    top_k: int = setting(1, "classes per image", low=1, high=100_000)
+    tta: bool | None = setting(None, "test-time augmentation (default: the recipe's choice)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class CompressConfig(Validated):
+    """Settings of `gpuvision compress`: which methods to run on a model directory, and how to measure them."""
+
+    model_dir: str = setting(help="model directory", flag=False)
+    data: str = setting("", "the model's training data: calibration, fine-tuning, test split (required)")
+    method: str = setting("all", "prune, int8, distill, or all (each, plus prune+int8 and distill+int8)",
+                          choices="methods")
+    target_sparsity: float = setting(0.5, "fraction of parameters pruning removes", low=0.01, high=0.99)
+    student: str | None = setting(None, "registered model to distil into (default: the teacher's architecture at "
+                                  "half width)", choices="models")
+    finetune_epochs: float = setting(2.0, "fine-tuning epochs after pruning, with the parent as teacher (0: none)",
+                                     low=0, high=10_000)
+    distill_epochs: float | None = setting(None, "student training epochs (default: the parent's)", low=0,
+                                           high=10_000, low_open=True)
+    calibration_images: int = setting(512, "training images that calibrate int8 activation ranges", low=1,
+                                      high=1 << 20)
+    out: str | None = setting(None, "output directory (default: MODEL_DIR-compressed)")
+    overwrite: bool = setting(False, "replace --out if an earlier compress wrote it")
+    compile: bool = setting(True, "also measure torch.compile (inductor) runtimes; off saves minutes of compiling")
+    device: str = setting("cpu", "where fine-tuning and distillation train")
+    latency_repeats: int = setting(30, "timed runs per speed figure (median and p90 reported)", low=1,
+                                   high=100_000)
+    seed: int | None = setting(None, "seed (default: the parent's)", low=0, high=MAX_SEED)
+
+    def validate(self) -> CompressConfig:
+        super().validate()
+        require(bool(self.data), "compress needs --data SRC: the data the model was trained on", BadInput)
+        return self
+
+
+@dataclass
+class ExportConfig(Validated):
+    """Settings of `gpuvision export`."""
+
+    model_dir: str = setting(help="model directory", flag=False)
+    format: str = setting("onnx", "onnx (checked in onnxruntime) or pt2 (torch.export)", choices="formats")
+    out: str | None = setting(None, "output file (default: MODEL_DIR-export/model.FORMAT)")
+    opset: int | None = setting(None, "ONNX opset (default: the exporter's)", low=13, high=30)
+    dynamic_batch: bool = setting(True, "a dynamic batch dimension")
+    uint8_input: bool = setting(False, "ONNX takes UINT8 pixels N x H x W x C, the normalisation inside the graph")
+    data: str | None = setting(None, "images for the parity check (default: the model's recorded test split)")
+    parity_images: int = setting(1000, "test images compared with PyTorch (0: all)", low=0)
+    atol: float = setting(1e-4, "largest allowed absolute logit difference", low=0)
+    min_agreement: float = setting(0.999, "smallest allowed top-1 agreement (near-ties may flip)", low=0, high=1)
 
 
 def read_config_file(path: str, config_type=TrainConfig) -> dict:
     """The settings in a YAML or JSON file, as a dict of known field names (dashes or underscores)."""
     p = Path(path)
-    require(p.is_file(), f"--config {path}: no such file")
-    text = p.read_text()
+    require(p.is_file(), f"--config {path}: no such file", NotFound)
     try:
+        text = p.read_text()
         if p.suffix.lower() == ".json":
             raw = json.loads(text)
         else:
             import yaml
 
             raw = yaml.safe_load(text)
-    except Exception as e:  # both parsers raise their own error types
-        raise UserError(f"--config {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
-    require(isinstance(raw, dict), f"--config {path}: expected a mapping of setting: value")
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise BadInput(f"--config {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # yaml.YAMLError and its subclasses
+        if type(e).__module__.startswith("yaml"):
+            raise BadInput(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raise
+    require(isinstance(raw, dict), f"--config {path}: expected a mapping of setting: value", BadInput)
     names = {f.name for f in fields(config_type)}
-    settings = {k.replace("-", "_"): v for k, v in raw.items()}
+    settings = {str(k).replace("-", "_"): v for k, v in raw.items()}
     unknown = sorted(set(settings) - names)
-    require(not unknown, f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    require(not unknown, f"--config {path}: unknown setting(s) {', '.join(unknown)}", BadInput)
     return settings
-
-
-@dataclass
-class CompressConfig:
-    """Settings of `gpuvision compress`: which methods to run on a model directory, and how to measure them."""
-
-    model_dir: str
-    data: str  # training images for calibration and fine-tuning, and the test split for accuracy
-    method: str = "all"  # prune, int8, distill or all (each, plus prune+int8 and distill+int8)
-    target_sparsity: float = 0.5  # fraction of parameters pruning removes (0.5 halves the count)
-    student: str | None = None  # registered model name; None: the teacher's architecture at half width
-    finetune_epochs: float = 2.0  # epochs of fine-tuning (with the parent as teacher) after pruning; 0: none
-    distill_epochs: float | None = None  # epochs of student training; None: the parent's
-    calibration_images: int = 512  # training images that calibrate int8 activation ranges
-    out: str | None = None  # default <model_dir>-compressed
-    overwrite: bool = False
-    compile: bool = True  # also measure inductor (torch.compile) runtimes; off saves minutes of compiling
-    device: str = "cpu"  # where fine-tuning and distillation train
-    latency_repeats: int = 30  # timed runs per measurement (after warm-up); median and p90 are reported
-    seed: int | None = None  # None: the parent's seed
-
-    def validate(self) -> CompressConfig:
-        require(self.method in ("prune", "int8", "distill", "all"),
-                f"--method must be prune, int8, distill or all, got {self.method!r}")
-        require(0 < self.target_sparsity < 1, f"--target-sparsity must be in (0, 1), got {self.target_sparsity}")
-        require(self.finetune_epochs >= 0, f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
-        require(self.distill_epochs is None or self.distill_epochs > 0, "--distill-epochs must be positive")
-        require(self.calibration_images > 0, "--calibration-images must be positive")
-        require(self.latency_repeats > 0, "--latency-repeats must be positive")
-        return self
-
-
-@dataclass
-class ExportConfig:
-    """Settings of `gpuvision export`."""
-
-    model_dir: str
-    format: str = "onnx"  # onnx or pt2
-    out: str | None = None  # default <model_dir>/export/model.<onnx|pt2>
-    opset: int | None = None  # ONNX opset; None: the exporter's default
-    dynamic_batch: bool = True
-    data: str | None = None  # images for the parity check; default: the model's recorded test split
-    parity_images: int = 1000  # test images compared with PyTorch; 0: all
-    atol: float = 1e-4  # largest allowed absolute logit difference (fp32)
-    min_agreement: float = 0.999  # smallest allowed top-1 agreement (near-ties may flip)
-
-    def validate(self) -> ExportConfig:
-        require(self.format in ("onnx", "pt2"), f"--format must be onnx or pt2, got {self.format!r}")
-        require(self.opset is None or 13 <= self.opset <= 30, f"--opset must be between 13 and 30, got {self.opset}")
-        require(self.parity_images >= 0, f"--parity-images must be >= 0, got {self.parity_images}")
-        return self

@@ -1,27 +1,51 @@
-"""The main job on the embedded data: train on digits, evaluate on its held-out test split, predict a few images."""
+"""The main job on the embedded data: train on digits, evaluate on its held-out test split, predict a few images.
+
+    runs/digits-demo/
+      model/          the model directory (never written after training)
+      model-eval/     test.json and test-confusion.png
+      samples/        a few held-out test images as PNG files, predicted like a user's own
+      demo.json       what the demo did (also its marker: --out is replaced only where it is present)
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .artifact import load
 from .data import load_images
 from .data.split import load_split
+from .errors import BadInput, require
 from .evaluate import evaluate
+from .files import write_json
+from .runtime import load
 from .train.trainer import Event, train
+
+MARKER = "demo.json"
+
+
+def _fresh(out: Path) -> None:
+    """Empty `out` for the demo: only a directory an earlier demo made (or an empty one) is replaced."""
+    require(not out.is_file(), f"--out {out} is a file; give a directory", BadInput)
+    if out.is_dir() and any(out.iterdir()):
+        require((out / MARKER).is_file(), f"--out {out} exists and is not a demo directory; the demo replaces only "
+                "its own output: choose another --out", BadInput)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MARKER, {"schema_version": 1, "status": "running"})
 
 
 def demo(out: str = "runs/digits-demo", on_event: Event | None = None, samples: int = 5) -> dict:
     """Train, evaluate, save and predict on scikit-learn's digits; returns where everything went."""
-    result = train(data="digits", out=out, overwrite=True, on_event=on_event)
+    root = Path(out)
+    _fresh(root)
+    result = train(data="digits", out=str(root / "model"), on_event=on_event)
     report = evaluate(str(result.model_dir))
-    # A few held-out test images as PNG files, predicted the way a user would predict their own.
     images = load_images("digits")
-    test = load_split(result.model_dir / "split.json", images).test[:samples]
-    sample_dir = Path(out) / "samples"
+    test = load_split(result.model_dir / result.manifest.split.file, images).test[:samples]
+    sample_dir = root / "samples"
     sample_dir.mkdir(exist_ok=True)
     paths = []
     for i in test:
@@ -29,7 +53,7 @@ def demo(out: str = "runs/digits-demo", on_event: Event | None = None, samples: 
         Image.fromarray(images.images[i, 0].astype(np.uint8)).save(path)
         paths.append(str(path))
     predictions = load(result.model_dir).predict(paths, top_k=1)
-    return {
+    summary = {
         "schema_version": 1,
         "model_dir": str(result.model_dir),
         "train_seconds": round(result.seconds, 2),
@@ -39,3 +63,5 @@ def demo(out: str = "runs/digits-demo", on_event: Event | None = None, samples: 
         "predictions": [{"image": p, "predicted": top[0]["class"], "probability": top[0]["probability"]}
                         for p, top in zip(paths, predictions)],
     }
+    write_json(root / MARKER, {**summary, "status": "done"})
+    return summary

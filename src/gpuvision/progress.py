@@ -1,23 +1,63 @@
-"""A rich progress bar on stderr, fed by the Trainer's events (host values only: it never syncs the device)."""
+"""Progress on stderr: rich bars on a terminal; in a log (CI, nohup, a scheduler) a plain line at most every 30 s.
+
+`Heartbeat` is the log form for library code (it logs, never prints); `TrainProgress` and `StageProgress` are the
+CLI's event sinks for training and compression. They see host values only: they never sync the device.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+EVERY_SECONDS = 30.0
+log = logging.getLogger("gpuvision.progress")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Heartbeat:
+    """Logs "what: done/total (rate/s, ETA)" at most every `every` seconds, and always at the end."""
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "items", every: float = EVERY_SECONDS):
+        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, done: int, extra: str = "", final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        text = f"{self.what}: {done:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit} ({rate:,.0f}/s"
+        if self.total and not final:
+            text += f", ETA {_duration((self.total - done) / max(rate, 1e-9))}"
+        log.info(text + ")" + (f"; {extra}" if extra else ""))
+
 
 class TrainProgress:
-    """Callable event sink for Trainer: one bar per epoch with loss, accuracy and images/s."""
+    """Callable event sink for Trainer: one bar per epoch with loss, accuracy and images/s on a terminal; plain
+    lines otherwise (a line per epoch and, within long epochs, one at most every 30 s with an ETA)."""
 
-    def __init__(self):
-        self.console = Console(stderr=True)
+    def __init__(self, every: float = EVERY_SECONDS):
+        self.console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
+        self.tty = sys.stderr.isatty()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                                 transient=False, disable=not sys.stderr.isatty())
+                                 transient=False, disable=not self.tty)
         self.task = None
         self.loss = self.accuracy = None
+        self.every, self.last_line = every, time.monotonic()
+        self.run_started = time.monotonic()
+        self.total_steps = self.done_steps = 0
 
     def __enter__(self):
         self.progress.__enter__()
@@ -30,19 +70,35 @@ class TrainProgress:
         metrics = f"loss {self.loss:.4f} acc {self.accuracy:.4f} " if self.loss is not None else ""
         return f"{metrics}{images_per_s:,.0f} img/s"
 
+    def _line(self, text: str) -> None:
+        self.last_line = time.monotonic()
+        self.console.print(text, highlight=False)
+
+    def _eta(self, done_steps: int) -> str:
+        elapsed = time.monotonic() - self.run_started
+        left = (self.total_steps - done_steps) * elapsed / max(done_steps, 1)
+        return f"ETA {_duration(left)}"
+
     def __call__(self, event: str, **info) -> None:
         if event == "setup":
-            self.console.print(
+            self.total_steps, self.run_started = info["steps"], time.monotonic()
+            given = "" if info.get("test_source", "carved") == "carved" else f"; test split = {info['test_source']}"
+            self._line(
                 f"training {info['model']} ({info['params']:,} parameters, recipe {info['recipe']}) "
                 f"on {info['device']} "
-                f"in {info['precision']}{', compiled' if info['compiled'] else ''}; split {info['split']}; "
+                f"in {info['precision']}{', compiled' if info['compiled'] else ''}; split {info['split']}{given}; "
                 f"{info['epochs']} epochs of batch {info['batch_size']} ({info['steps']} steps) -> {info['out']}"
                 + (f"; skipped {info['skipped']} unreadable image(s)" if info["skipped"] else ""))
         elif event == "epoch_start":
+            self.done_steps = info.get("done_steps", 0)
             self.task = self.progress.add_task(f"epoch {info['epoch'] + 1}", total=info["steps"], info="")
         elif event == "step":
             rate = info["images"] / max(info["seconds"], 1e-9)
             self.progress.update(self.task, completed=info["step"], info=self._info(rate))
+            if not self.tty and time.monotonic() - self.last_line >= self.every:
+                done = self.done_steps + info["step"]
+                self._line(f"epoch {info['epoch'] + 1} step {info['step']} ({done}/{self.total_steps}): "
+                           f"{self._info(rate)}, {self._eta(done)}")
         elif event == "log":
             self.loss, self.accuracy = info["loss"], info["accuracy"]
         elif event == "epoch_end":
@@ -51,7 +107,20 @@ class TrainProgress:
             if "val_accuracy" in info:
                 text += f" val {info['val_accuracy']:.4f}"
             self.progress.update(self.task, info=text)
-            if not sys.stderr.isatty():
-                self.console.print(f"epoch {info['epoch']}: {text} ({info['seconds']:.1f} s)")
-        elif event == "checkpoint":
-            pass
+            if not self.tty:
+                self._line(f"epoch {info['epoch']}: {text} ({info['seconds']:.1f} s, {self._eta(info['step'])})")
+
+
+class StageProgress:
+    """Event sink for compress: a line per stage, per fine-tuning epoch, and a heartbeat within long epochs."""
+
+    def __init__(self):
+        self.console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
+        self.train = TrainProgress()
+        self.train.tty = False  # compress prints lines, no bars
+
+    def __call__(self, event: str, **info) -> None:
+        if event == "stage":
+            self.console.print(info["text"], highlight=False)
+        elif event == "train":
+            self.train(info.pop("train_event"), **{k: v for k, v in info.items() if k != "stage"})

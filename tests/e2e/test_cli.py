@@ -33,7 +33,9 @@ def test_train_json_is_one_object_on_stdout(digits_run):
     assert summary["schema_version"] == 1 and summary["model_dir"] == str(out)
     assert summary["split"]["test"] > 0 and "epoch" in proc.stderr  # progress went to stderr
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) >= 10 and "train_loss" in json.loads(lines[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(lines) == manifest["recipe"]["epochs"] and "train_loss" in json.loads(lines[-1])
+    assert summary["reference_accuracy"] == manifest["reference"]["accuracy"]
 
 
 def test_digits_test_accuracy_and_report(digits_run):
@@ -41,12 +43,15 @@ def test_digits_test_accuracy_and_report(digits_run):
     report = json.loads(gv("evaluate", out, "--json").stdout)
     assert report["schema_version"] == 1 and report["split"] == "test" and report["tta"] is True
     assert report["accuracy"] >= 0.95, report["accuracy"]
-    assert report["n"] == 359 and set(report["per_class"]) == {str(i) for i in range(10)}
+    sizes = json.loads((out / "manifest.json").read_text())["split"]["sizes"]
+    assert report["n"] == sizes["test"] and set(report["per_class"]) == {str(i) for i in range(10)}
+    assert sum(c["support"] for c in report["per_class"].values()) == report["n"]
     assert set(report["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
-    assert (out / "eval" / "test.json").exists()
-    assert (out / "eval" / "test-confusion.png").read_bytes()[:4] == b"\x89PNG"
+    reports = out.parent / f"{out.name}-eval"  # beside the model directory, never inside it
+    assert report["report"] == str(reports / "test.json") and (reports / "test.json").exists()
+    assert (reports / "test-confusion.png").read_bytes()[:4] == b"\x89PNG"
     plain = json.loads(gv("evaluate", out, "--no-tta", "--split", "val", "--json").stdout)
-    assert plain["tta"] is False and plain["split"] == "val" and plain["n"] == 143
+    assert plain["tta"] is False and plain["split"] == "val" and plain["n"] == sizes["val"]
 
 
 def test_predict(digits_run, tmp_path):
@@ -87,7 +92,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, digits_run):
     _error(gv("train", "--data", tmp_path / "missing", "--out", tmp_path / "a", check=False), "no such file")
     (tmp_path / "empty").mkdir()
     _error(gv("train", "--data", tmp_path / "empty", "--out", tmp_path / "b", check=False), "empty")
-    _error(gv("train", "--model", "nope", "--out", tmp_path / "c", check=False), "unknown model")
+    _error(gv("train", "--model", "nope", "--out", tmp_path / "c", check=False), "invalid choice: 'nope'")
     _error(gv("train", "--bogus-flag", check=False), "unrecognized arguments")
     _error(gv("train", "--precision", "fp8", "--out", tmp_path / "d", check=False), "unknown precision")
     _error(gv("train", "--out", out, check=False), "--overwrite")

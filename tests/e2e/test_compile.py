@@ -16,8 +16,8 @@ def test_compiled_training_matches_eager_closely(tmp_path):
                     eval_every=0, checkpoint_every=0, seed=2)
     eager = gpuvision.train(out=str(tmp_path / "eager"), compile="off", **settings)
     compiled = gpuvision.train(out=str(tmp_path / "compiled"), compile="on", **settings)
-    assert compiled.manifest["compiled"] is True and eager.manifest["compiled"] is False
+    assert compiled.manifest.training.compiled is True and eager.manifest.training.compiled is False
     a, b = load_file(eager.model_dir / "model.safetensors"), load_file(compiled.model_dir / "model.safetensors")
     # Fused kernels round differently, so the weights agree closely rather than bitwise after a short run.
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-2, rtol=1e-2) for k in a)
-    assert abs(eager.manifest["metrics"]["val_accuracy"] - compiled.manifest["metrics"]["val_accuracy"]) < 0.1
+    assert abs(eager.manifest.metrics["val_accuracy"] - compiled.manifest.metrics["val_accuracy"]) < 0.1

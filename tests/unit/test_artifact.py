@@ -1,42 +1,160 @@
-"""The model directory: self-describing manifest, verified on load, nothing unpickled."""
+"""The model directory: a typed manifest (v2, reading v1), exactly the listed files, each verified as it is read."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
 import gpuvision
-from gpuvision.artifact import read_manifest
-from gpuvision.errors import UserError
-from gpuvision.models import create_model
+from gpuvision.artifact import SCHEMA_VERSION, Manifest, ModelDir
+from gpuvision.errors import IntegrityError, NotFound, Unsupported
+from gpuvision.models import count_params, create_model
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture
+def copy_of(tmp_path, digits_model):
+    target = tmp_path / "m"
+    shutil.copytree(digits_model, target)
+    return target
+
+
+def _rewrite(directory: Path, change) -> None:
+    path = directory / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw = change(raw)
+    path.write_text(json.dumps(raw))
 
 
 def test_manifest_describes_the_model(digits_model):
-    m = read_manifest(digits_model)
-    assert m["schema_version"] == 1 and m["format"] == "safetensors" and m["runtime"] == "eager"
-    assert list(m["files"]) == ["model.safetensors", "split.json"]
-    assert m["classes"] == [str(i) for i in range(10)]
-    assert m["input"]["size"] == [8, 8] and m["input"]["channels"] == 1 and len(m["input"]["mean"]) == 1
-    assert m["split"]["source"] == "digits" and m["split"]["source_fingerprint"]
-    assert m["seed"] == 0 and m["settings"]["data"] == "digits" and m["versions"]["torch"]
-    assert m["precision"] == "fp32" and m["recipe"]["name"] == "fast"
-    # The architecture arguments alone rebuild the network the weights belong to.
-    net = create_model(m["architecture"]["name"], **m["architecture"]["args"])
-    net.load_state_dict(load_file(digits_model / "model.safetensors"))
-    assert sum(p.numel() for p in net.parameters()) == m["params"]
-    for name in ("metrics.jsonl", "split.json"):
-        assert (digits_model / name).exists()
+    model_dir = ModelDir.open(digits_model)
+    m = model_dir.manifest
+    raw = json.loads((digits_model / "manifest.json").read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION and m.format == "safetensors"
+    assert m.inference.name == "eager-fp32" and m.training.device == "cpu" and m.training.world_size == 1
+    assert sorted(m.files) == ["metrics.jsonl", "model.safetensors", "split.json"]
+    # the directory holds exactly the listed files: no checkpoints, no run marker
+    assert sorted(p.name for p in digits_model.iterdir()) == sorted([*m.files, "manifest.json"])
+    assert m.classes == [str(i) for i in range(10)] and m.input.size == (8, 8) and m.input.channels == 1
+    assert m.split.source == "digits" and m.split.test_source == "carved" and m.seed == 0
+    assert m.reference["n"] == m.split.sizes["test"] and len(m.reference["confidence_histogram"]) == 20
+    assert sum(m.reference["brightness_histogram"]) == m.split.sizes["test"]
+    net = create_model(m.architecture["name"], **m.architecture["args"])
+    net.load_state_dict(load_safetensors(model_dir.read("model.safetensors")))
+    assert count_params(net) == m.params
+    assert len(model_dir.version) == 12 and model_dir.version == model_dir.manifest_sha256[:12]
 
 
-def test_model_rebuilds_with_other_widths():
-    net = create_model("fastnet", num_classes=3, in_channels=3, image_size=32, widths=[8, 16, 24])
-    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
-    assert net.head.in_features == 24
+def test_manifest_round_trips_through_json(digits_model):
+    m = ModelDir.open(digits_model).manifest
+    again = Manifest.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again == m
+
+
+def test_a_version_1_directory_loads_unchanged_and_predicts_as_it_did(tmp_path):
+    v1 = tmp_path / "v1"
+    shutil.copytree(FIXTURES / "v1-digits", v1)
+    before = {p.name: p.read_bytes() for p in v1.iterdir()}
+    model = gpuvision.load(v1, device="cpu")
+    assert model.manifest.inference.name == "eager-fp32" and model.manifest.training.precision == "fp32"
+    expected = json.loads((FIXTURES / "v1-digits-expected.json").read_text())
+    from sklearn.datasets import load_digits
+
+    images = np.round(load_digits().images[:8] * 255 / 16).astype(np.uint8)[:, None]
+    assert torch.allclose(model.logits(images, tta=False), torch.tensor(expected["logits_no_tta"]), atol=1e-4)
+    assert torch.allclose(model.logits(images, tta=True), torch.tensor(expected["logits_tta"]), atol=1e-4)
+    assert {p.name: p.read_bytes() for p in v1.iterdir()} == before  # read, never rewritten
+
+
+def test_unknown_manifest_version_is_refused(copy_of):
+    _rewrite(copy_of, lambda m: {**m, "schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(Unsupported, match="newer"):
+        ModelDir.open(copy_of)
+
+
+def test_newer_optional_fields_are_kept(copy_of):
+    _rewrite(copy_of, lambda m: {**m, "future_field": {"a": 1}})
+    m = ModelDir.open(copy_of).manifest
+    assert m.extra == {"future_field": {"a": 1}} and m.to_dict()["future_field"] == {"a": 1}
+
+
+@pytest.mark.parametrize("damage", ["alter", "remove"])
+def test_missing_or_altered_file_is_refused(copy_of, damage):
+    target = copy_of / "model.safetensors"
+    if damage == "alter":
+        blob = bytearray(target.read_bytes())
+        blob[-1] ^= 1
+        target.write_bytes(bytes(blob))
+        model_dir = ModelDir.open(copy_of)  # opening checks presence; the hash is checked as the file is read
+        with pytest.raises(IntegrityError, match="altered"):
+            model_dir.read("model.safetensors")
+    else:
+        target.unlink()
+        with pytest.raises(IntegrityError, match="missing"):
+            ModelDir.open(copy_of)
+    with pytest.raises(IntegrityError):
+        gpuvision.load(copy_of)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: [], "JSON object"),
+    (lambda m: None, "JSON object"),
+    (lambda m: {**m, "files": "model.safetensors"}, "files"),
+    (lambda m: {k: v for k, v in m.items() if k != "classes"}, "classes"),
+    (lambda m: {**m, "classes": ["a"] * (1 << 20)}, "classes"),
+    (lambda m: {**m, "split": {**m["split"], "file": "model.safetensors"}}, "split.file"),
+    (lambda m: {**m, "weights": "../other/model.safetensors"}, "weights"),
+    (lambda m: {**m, "files": {**m["files"], "/etc/passwd": "0" * 64}}, "files"),
+    (lambda m: {**m, "input": {**m["input"], "std": [0.0]}}, "std"),
+    (lambda m: {**m, "inference": {"backend": "tensorrt", "precision": "fp32"}}, "inference"),
+])
+def test_malformed_manifests_are_one_clear_error(copy_of, change, words):
+    _rewrite(copy_of, change)
+    with pytest.raises(IntegrityError, match=words) as caught:
+        ModelDir.open(copy_of)
+    assert "\n" not in str(caught.value)
+
+
+def test_unlisted_and_linked_files_are_never_read(copy_of, tmp_path):
+    model_dir = ModelDir.open(copy_of)
+    (copy_of / "extra.bin").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match="not listed"):
+        model_dir.read("extra.bin")
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(copy_of / "model.safetensors", outside)
+    os.symlink(outside, copy_of / "model.safetensors")
+    with pytest.raises(IntegrityError, match="link"):
+        ModelDir.open(copy_of)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(NotFound, match="not a model directory"):
+        ModelDir.open(tmp_path)
+    with pytest.raises(NotFound, match="no such model directory"):
+        ModelDir.open(tmp_path / "nothing")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        ModelDir.open(tmp_path)
+
+
+def test_pickle_in_place_of_safetensors_is_refused(copy_of):
+    import pickle
+
+    blob = pickle.dumps({"weight": [1, 2, 3]})
+    (copy_of / "model.safetensors").write_bytes(blob)
+    import hashlib
+
+    _rewrite(copy_of, lambda m: {**m, "files": {**m["files"], "model.safetensors": hashlib.sha256(blob).hexdigest()}})
+    with pytest.raises(IntegrityError, match="safetensors"):
+        gpuvision.load(copy_of)
 
 
 def test_load_and_predict(digits_model):
@@ -47,34 +165,5 @@ def test_load_and_predict(digits_model):
     images = [np.round(digits.images[i] * 255 / 16).astype(np.uint8) for i in range(20)]
     top = model.predict(images, top_k=3)
     assert all(len(t) == 3 and t[0]["probability"] >= t[1]["probability"] for t in top)
-    assert all(t[0]["class"] in model.classes for t in top)
     right = sum(t[0]["class"] == str(digits.target[i]) for i, t in enumerate(top))
     assert right >= 17
-
-
-@pytest.mark.parametrize("damage", ["alter", "remove"])
-def test_missing_or_altered_file_is_refused(digits_model, tmp_path, damage):
-    copy = tmp_path / "m"
-    shutil.copytree(digits_model, copy)
-    target = copy / "model.safetensors"
-    if damage == "alter":
-        blob = bytearray(target.read_bytes())
-        blob[-1] ^= 1
-        target.write_bytes(bytes(blob))
-    else:
-        target.unlink()
-    with pytest.raises(UserError, match="altered" if damage == "alter" else "missing"):
-        gpuvision.load(copy)
-
-
-def test_not_a_model_directory(tmp_path):
-    with pytest.raises(UserError, match="not a model directory"):
-        gpuvision.load(tmp_path)
-    (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(UserError, match="not valid JSON"):
-        gpuvision.load(tmp_path)
-
-
-def test_manifest_is_plain_json(digits_model):
-    json.loads((digits_model / "manifest.json").read_text())
-    assert not list(digits_model.glob("*.pt")) and not list(digits_model.glob("*.pkl"))

@@ -3,10 +3,11 @@
     gpuvision compress runs/cifar --data cifar10-jpeg.tar.gz --method all --out runs/cifar-small
     gpuvision.compress.compress(CompressConfig("runs/cifar", data="...", method="prune"))
 
-Output: one model directory per variant (`prune/`, `int8/`, `distill/`, `prune-int8/`, `distill-int8/`), whose
-manifest says its format and runtime and records the parent and what was done; and report.json, report.md and
-report.png comparing the original with every variant (see report.py). Every variant keeps the parent's test split:
-fine-tuning and distillation train on the parent's training images only.
+Output: one model directory per variant (`prune/`, `int8/`, `distill/`, `prune-int8/`, `distill-int8/`) and
+report.json, report.md and report.png comparing the original with every variant (see report.py). Each variant is
+measured before its manifest is written, so its manifest records the fastest backend and precision for this
+machine (`inference`) and what was done from which parent (`compression`), and is never rewritten. Every variant
+keeps the parent's test split: fine-tuning and distillation train on the parent's training images only.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..artifact import WEIGHTS, library_versions, read_manifest, write_manifest
+from ..artifact import Manifest, ModelDir, draft, library_versions, write_manifest
 from ..config import CompressConfig
 from ..data import ImageSet, Split, load_images, make_split
+from ..data.input_spec import normalise
 from ..data.split import load_split
-from ..errors import require
+from ..errors import BadInput, Unsupported, UserError, require
 from ..registry import Registry
 
 Event = Callable[..., None]
@@ -32,18 +34,19 @@ METHODS: Registry[Callable] = Registry("compression method")
 # What --method runs, in order; "a+b" applies b to the result of a.
 PLANS = {"prune": ["prune"], "int8": ["int8"], "distill": ["distill"],
          "all": ["prune", "int8", "distill", "prune+int8", "distill+int8"]}
+MARKER = ".gpuvision-compress"  # marks an output directory compress is writing (or wrote: report.json)
 
 
 @dataclass
 class Context:
-    """What every method shares: the settings, the parent, its images and split, and the progress callback."""
+    """What every method shares: the settings, the parent, its images and split, the rows measured so far."""
 
     config: CompressConfig
-    parent: Path
-    manifest: dict
+    parent: ModelDir
     images: ImageSet
     split: Split
     emit: Event = field(default=lambda *a, **k: None)
+    rows: dict[str, dict] = field(default_factory=dict)
 
     @property
     def test_images(self) -> np.ndarray:
@@ -55,17 +58,13 @@ class Context:
 
     def calibration_images(self) -> np.ndarray:
         """A seeded random sample of the training split (never test images)."""
-        rng = np.random.default_rng(self.manifest.get("seed", 0))
+        rng = np.random.default_rng(self.parent.manifest.seed)
         take = rng.permutation(self.split.train)[: self.config.calibration_images]
         return self.images.images[np.sort(take)]
 
-    @staticmethod
-    def normalised(images: np.ndarray, manifest: dict) -> torch.Tensor:
-        """uint8 N x C x H x W images as the model with this manifest expects them (fp32, contiguous)."""
-        inp = manifest["input"]
-        mean = torch.tensor(inp["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(inp["std"]).view(1, -1, 1, 1)
-        return ((torch.from_numpy(np.ascontiguousarray(images)).float() - mean) / std).contiguous()
+    def inputs(self, images: np.ndarray, manifest: Manifest) -> torch.Tensor:
+        """uint8 images as the model with this manifest takes them (fp32, contiguous)."""
+        return normalise(images, manifest.input)
 
 
 # ------------------------------------------------------------------------------------------ variants
@@ -79,135 +78,163 @@ def flops_of(net: torch.nn.Module, example: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def write_variant(ctx: Context, parent: Path, out: Path, base: dict, update: dict, record: dict,
-                  files: list[str]) -> dict:
-    """Finish the model directory `out`: manifest `base` changed by `update`, recording what was done and from
-    which parent; the parent's split goes along (if training did not write it) so evaluate finds the same images."""
-    parent_manifest = read_manifest(parent)
-    split_file = parent_manifest["split"]["file"]
-    if not (out / split_file).exists():
-        shutil.copyfile(parent / split_file, out / split_file)
-    lineage = parent_manifest.get("compression", {}).get("steps", [])
-    manifest = {k: v for k, v in base.items() if k not in ("schema_version", "files", "compression")}
-    manifest.update(update)
-    if manifest.get("format") == "safetensors":
-        manifest["runtime"] = update.get("runtime", "eager-fp32")
-    # The parent's file hashes, not its manifest's: measuring may later record a faster runtime in that manifest.
-    manifest["compression"] = {**record, "parent": str(parent), "parent_files": parent_manifest["files"],
-                               "steps": [*lineage, record["method"]], "original": str(ctx.parent)}
-    manifest["versions"] = library_versions()
-    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return write_manifest(out, manifest, [*files, split_file])
+def finish_variant(ctx: Context, parent: ModelDir, out: Path, manifest: Manifest, record: dict,
+                   files: list[str]) -> Manifest:
+    """Complete a variant's manifest (lineage, versions), measure it on this machine, record the fastest runtime
+    as its inference setting, and return it ready to write (its files and the split are already in `out`)."""
+    from .report import measure
+
+    split_file = parent.manifest.split.file
+    if not (out / split_file).exists():  # the parent's split goes along, so evaluate finds the same images
+        (out / split_file).write_bytes(parent.read(split_file))
+    lineage = (parent.manifest.compression or {}).get("steps", [])
+    manifest = replace(manifest, compression={**record, "parent": str(parent.path), "parent_version": parent.version,
+                                              "steps": [*lineage, record["method"]],
+                                              "original": str(ctx.parent.path)},
+                       versions=library_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    listed = list(dict.fromkeys([*files, split_file]))
+    row, inference = measure(ctx, out.name.replace("-", "+"), draft(out, manifest, listed))
+    ctx.rows[row["name"]] = row
+    return replace(manifest, inference=inference)
 
 
-def train_variant(ctx: Context, source: Path, out: Path, name: str, args: dict, record: dict, epochs: float,
-                  pretrained: str | None = None) -> dict:
+def write_variant(ctx: Context, parent: ModelDir, out: Path, manifest: Manifest, record: dict,
+                  files: list[str]) -> Manifest:
+    return write_manifest(out, finish_variant(ctx, parent, out, manifest, record, files), [*files,
+                          parent.manifest.split.file])
+
+
+def train_variant(ctx: Context, source: ModelDir, out: Path, name: str, args: dict, record: dict, epochs: float,
+                  pretrained: str | None = None) -> Manifest:
     """Train `name(args)` into `out` with the regular Trainer and the distill recipe (the source as teacher), on
-    the parent's own split (same data, fractions and seed), then record the compression in its manifest."""
+    the parent's own split (same data, fractions and seed); its manifest is completed before it is written."""
     from ..train.recipes import default_recipe
     from ..train.trainer import train
 
-    settings = ctx.manifest["settings"]
-    teacher_recipe = read_manifest(source)["recipe"]
-    base = teacher_recipe.get("base", teacher_recipe["name"]) if name == ctx.manifest["architecture"]["name"] \
-        else default_recipe(name)
+    parent = ctx.parent.manifest
+    settings = parent.settings
+    teacher_recipe = source.manifest.recipe
+    base = teacher_recipe.get("base", teacher_recipe.get("name", "fast")) \
+        if name == parent.architecture["name"] else default_recipe(name)
     extra = {k: v for k, v in args.items() if k not in ("num_classes", "in_channels", "image_size")}
+
+    def finalize(manifest: Manifest, directory: Path) -> Manifest:
+        split = load_split(directory / manifest.split.file, ctx.images)
+        if set(split.test.tolist()) != set(ctx.split.test.tolist()):
+            raise RuntimeError(f"{out}: training drew another test split than the parent's")
+        return finish_variant(ctx, source, directory, manifest, record, [manifest.weights, "metrics.jsonl"])
+
     result = train(data=ctx.config.data, model=name, model_args=extra, recipe="distill",
-                   recipe_args={"teacher": str(source), "base": base}, epochs=epochs,
-                   image_size=settings.get("image_size"), val_fraction=settings["val_fraction"],
-                   test_fraction=settings["test_fraction"], seed=ctx.config.seed if ctx.config.seed is not None
-                   else ctx.manifest["seed"], device=ctx.config.device, compile="off", eval_every=0,
-                   checkpoint_every=0, pretrained=pretrained, strict=settings.get("strict", False), out=str(out),
+                   recipe_args={"teacher": str(source.path), "base": base}, epochs=epochs,
+                   image_size=settings.get("image_size"), val_fraction=settings.get("val_fraction", 0.1),
+                   test_fraction=settings.get("test_fraction", 0.2),
+                   seed=ctx.config.seed if ctx.config.seed is not None else parent.seed, device=ctx.config.device,
+                   compile="off", eval_every=0, checkpoint_every=0, pretrained=pretrained,
+                   strict=settings.get("strict", False), out=str(out), finalize=finalize,
                    on_event=lambda event, **info: ctx.emit("train", stage=out.name, train_event=event, **info))
-    test_keys = set(load_split(out / result.manifest["split"]["file"], ctx.images).test.tolist())
-    if test_keys != set(ctx.split.test.tolist()):
-        raise RuntimeError(f"{out}: training drew another test split than the parent's")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return write_variant(ctx, source, out, result.manifest, {}, record, [WEIGHTS])
+    return result.manifest
 
 
 @METHODS.register("prune")
-def _prune(ctx: Context, source: Path, out: Path) -> dict:
+def _prune(ctx: Context, source: ModelDir, out: Path) -> Manifest:
     from .prune import make_pruned
 
     return make_pruned(ctx, source, out)
 
 
 @METHODS.register("int8")
-def _int8(ctx: Context, source: Path, out: Path) -> dict:
+def _int8(ctx: Context, source: ModelDir, out: Path) -> Manifest:
     from .quantize import make_int8
 
     return make_int8(ctx, source, out)
 
 
 @METHODS.register("distill")
-def _distill(ctx: Context, source: Path, out: Path) -> dict:
+def _distill(ctx: Context, source: ModelDir, out: Path) -> Manifest:
     from .distill import make_student
 
     return make_student(ctx, source, out)
 
 
 # ------------------------------------------------------------------------------------------ checks and command
-def _check_applicable(config: CompressConfig, manifest: dict) -> None:
+def _check_applicable(config: CompressConfig, manifest: Manifest) -> None:
     """Refuse, before anything is written, methods that cannot apply to this model."""
-    require(manifest.get("format", "safetensors") == "safetensors",
-            f"{config.model_dir} is a {manifest.get('format')} model ({manifest.get('runtime')}); compress a PyTorch "
-            "(safetensors) model directory, e.g. the one `train` wrote")
+    require(manifest.format == "safetensors", f"{config.model_dir} is a {manifest.format} model "
+            f"({manifest.inference.name}); compress a PyTorch (safetensors) model directory, e.g. the one `train` "
+            "wrote", Unsupported)
     steps = {step for plan in PLANS[config.method] for step in plan.split("+")}
     if "prune" in steps:
         from .prune import check_prunable
 
-        check_prunable(manifest["architecture"]["name"])
+        check_prunable(manifest.architecture["name"])
     if "distill" in steps:
         from .distill import student_spec
 
-        student_spec(manifest["architecture"], config.student)
+        student_spec(manifest.architecture, config.student)
 
 
-def _load_data(config: CompressConfig, manifest: dict) -> tuple[ImageSet, Split]:
-    inp = manifest["input"]
-    images = load_images(config.data, tuple(inp["size"]), channels=inp["channels"])
-    require(images.classes == manifest["classes"], f"--data {config.data}: its classes ({', '.join(images.classes)}) "
-            f"are not the model's ({', '.join(manifest['classes'])}); give the data the model was trained on")
-    if images.fingerprint == manifest["split"]["source_fingerprint"]:
-        return images, load_split(Path(config.model_dir) / manifest["split"]["file"], images)
-    settings = manifest["settings"]
-    return images, make_split(images, settings["val_fraction"], settings["test_fraction"], manifest["seed"])
+def _load_data(config: CompressConfig, model_dir: ModelDir) -> tuple[ImageSet, Split]:
+    m = model_dir.manifest
+    images = load_images(config.data, m.input.size, channels=m.input.channels)
+    require(images.classes == m.classes, f"--data {config.data}: its classes ({', '.join(images.classes)}) are not "
+            f"the model's ({', '.join(m.classes)}); give the data the model was trained on", BadInput)
+    if images.fingerprint == m.split.source_fingerprint:
+        return images, load_split(model_dir.read_json(m.split.file), images)
+    return images, make_split(images, m.settings.get("val_fraction", 0.1), m.settings.get("test_fraction", 0.2),
+                              m.seed)
 
 
 def _out_dir(config: CompressConfig) -> Path:
     out = Path(config.out) if config.out else Path(f"{str(config.model_dir).rstrip('/')}-compressed")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        require(config.overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it")
-    require(out.resolve() != Path(config.model_dir).resolve(), "--out must not be the model directory itself")
+    require(not out.is_file(), f"--out {out} is a file; give a directory", BadInput)
+    if out.is_dir() and any(out.iterdir()):
+        require(config.overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it", BadInput)
+        require((out / "report.json").is_file() or (out / MARKER).is_file(), f"--out {out} is not a directory "
+                "compress wrote; --overwrite replaces only those: choose another --out", BadInput)
+    parent = Path(config.model_dir).resolve()
+    require(not (out.resolve() == parent or out.resolve().is_relative_to(parent)),
+            "--out must not be the model directory or lie inside it", BadInput)
     return out
 
 
 def compress(config: CompressConfig, on_event: Event | None = None) -> dict:
-    """Run the methods of `config.method` on a model directory, measure everything, write the report; returns it."""
-    from .report import measure_all, write_report
+    """Run the methods of `config.method` on a model directory, measure everything, write the report; returns it.
+    A failure removes the output directory again: no half-made variants are left."""
+    from .report import measure_originals, write_report
 
     config.validate()
-    manifest = read_manifest(config.model_dir)
-    _check_applicable(config, manifest)
+    parent = ModelDir.open(config.model_dir)
+    require(config.method in PLANS, f"--method must be one of {', '.join(PLANS)}, got {config.method!r}", BadInput)
+    _check_applicable(config, parent.manifest)
     out = _out_dir(config)
-    images, split = _load_data(config, manifest)
+    images, split = _load_data(config, parent)
     emit = on_event or (lambda *a, **k: None)
-    ctx = Context(config, Path(config.model_dir), manifest, images, split, emit)
+    ctx = Context(config, parent, images, split, emit)
     if out.exists():
         shutil.rmtree(out)  # --overwrite, checked above; only now that every input is known to be good
-    out.mkdir(parents=True)
-    dirs, seconds = {}, {}
-    for step in PLANS[config.method]:
-        *before, method = step.split("+")
-        source = dirs[before[-1]] if before else ctx.parent
-        target = out / step.replace("+", "-")
-        emit("stage", stage=step, text=f"{step}: {method} of {source} -> {target}")
-        started = time.perf_counter()
-        METHODS.get(method)(ctx, source, target)
-        dirs[step], seconds[step] = target, time.perf_counter() - started
-    rows = measure_all(ctx, dirs, seconds)
-    report = {"schema_version": 1, "model_dir": str(ctx.parent), "data": config.data, "method": config.method,
-              "out": str(out), "settings": asdict(config), "variants": rows}
-    write_report(out, report)
+    try:
+        out.mkdir(parents=True)
+        (out / MARKER).touch()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror})") from e
+    try:
+        dirs, seconds = {}, {}
+        for step in PLANS[config.method]:
+            *before, method = step.split("+")
+            source = dirs[before[-1]] if before else parent
+            target = out / step.replace("+", "-")
+            emit("stage", stage=step, text=f"{step}: {method} of {source.path} -> {target}")
+            started = time.perf_counter()
+            METHODS.get(method)(ctx, source, target)
+            dirs[step], seconds[step] = ModelDir.open(target), time.perf_counter() - started
+        rows = measure_originals(ctx)
+        for step in PLANS[config.method]:
+            rows.append({**ctx.rows[step], "seconds_to_make": seconds[step]})
+        report = {"schema_version": 1, "model_dir": str(parent.path), "data": config.data, "method": config.method,
+                  "out": str(out), "settings": asdict(config), "variants": rows}
+        write_report(out, report)
+        (out / MARKER).unlink()
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return report

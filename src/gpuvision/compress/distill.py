@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import require
+from ..artifact import Manifest, ModelDir
+from ..errors import Unsupported, require
 from ..models import count_params, create_model, list_models, model_spec
 
 BASE_ARGS = ("num_classes", "in_channels", "image_size")
@@ -21,7 +22,7 @@ def student_spec(teacher: dict, student: str | None) -> tuple[str, dict]:
     base = {k: teacher["args"][k] for k in BASE_ARGS}
     if student is None:
         require(model_spec(teacher["name"]).narrower is not None,
-                f"a {teacher['name']} has no narrower default student; give --student NAME")
+                f"a {teacher['name']} has no narrower default student; give --student NAME", Unsupported)
         name, args = teacher["name"], model_spec(teacher["name"]).narrower(teacher["args"], HALF)
     else:
         require(student in list_models(), f"--student {student}: unknown model; choose one of "
@@ -34,13 +35,12 @@ def student_spec(teacher: dict, student: str | None) -> tuple[str, dict]:
     return name, args
 
 
-def make_student(ctx, source: Path, out: Path) -> dict:
+def make_student(ctx, source: ModelDir, out: Path) -> Manifest:
     """Train the student of the model in `source` into the model directory `out`."""
-    from ..artifact import read_manifest
     from . import train_variant
 
-    teacher = read_manifest(source)
-    name, args = student_spec(teacher["architecture"], ctx.config.student)
-    epochs = ctx.config.distill_epochs or teacher["recipe"]["epochs"]
-    record = {"method": "distill", "student": name, "teacher_params": teacher["params"], "epochs": epochs}
+    teacher = source.manifest
+    name, args = student_spec(teacher.architecture, ctx.config.student)
+    epochs = ctx.config.distill_epochs or teacher.recipe.get("epochs") or 10.0
+    record = {"method": "distill", "student": name, "teacher_params": teacher.params, "epochs": epochs}
     return train_variant(ctx, source, out, name, args, record, epochs=epochs)

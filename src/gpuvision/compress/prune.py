@@ -10,13 +10,16 @@ smaller and faster, not masked.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import require
+from ..artifact import Manifest, ModelDir, save_weights
+from ..errors import Unsupported, require
 from ..models import count_params, create_model, list_models, model_spec
+from ..runtime import build_network
 
 ROUND_TO = 8  # kept channel counts are multiples of 8, which vectorised kernels handle without a remainder...
 NARROW = 64  # ...unless a prunable layer is narrower than this: there, steps of 8 overshoot the target
@@ -25,7 +28,8 @@ SEARCH_STEPS = 10  # bisection steps on the channel fraction (each prunes a copy
 
 def check_prunable(name: str) -> None:
     known = [m for m in list_models() if model_spec(m).prunable]
-    require(model_spec(name).prunable, f"pruning does not apply to a {name} (it knows {', '.join(known)})")
+    require(model_spec(name).prunable, f"pruning does not apply to a {name} (it knows {', '.join(known)})",
+            Unsupported)
 
 
 def _prune_copy(net: nn.Module, name: str, example: torch.Tensor, ratio: float) -> nn.Module:
@@ -70,29 +74,27 @@ def prune_network(net: nn.Module, arch: dict, example: torch.Tensor, target_spar
     return rebuilt, args
 
 
-def make_pruned(ctx, source: Path, out: Path) -> dict:
+def make_pruned(ctx, source: ModelDir, out: Path) -> Manifest:
     """Prune the model in `source` into the model directory `out`, fine-tuned for ctx.config.finetune_epochs."""
-    from ..artifact import WEIGHTS, save_weights
-    from ..export import eager_fp32
     from . import train_variant, write_variant
 
-    model, net = eager_fp32(source)
-    check_prunable(model.manifest["architecture"]["name"])
-    arch = model.manifest["architecture"]
-    example = ctx.normalised(ctx.test_images[:1], model.manifest)
-    pruned, args = prune_network(net, arch, example, ctx.config.target_sparsity)
+    m = source.manifest
+    check_prunable(m.architecture["name"])
+    net = build_network(source)
+    pruned, args = prune_network(net, m.architecture, ctx.inputs(ctx.test_images[:1], m), ctx.config.target_sparsity)
     record = {"method": "prune", "target_sparsity": ctx.config.target_sparsity, "params_before": count_params(net),
               "params_after": count_params(pruned), "finetune_epochs": ctx.config.finetune_epochs,
               "library": "torch-pruning", "importance": "L2 magnitude per coupled channel group"}
     if ctx.config.finetune_epochs <= 0:
         out.mkdir(parents=True)
-        save_weights(out / WEIGHTS, pruned)
-        update = {"architecture": {"name": arch["name"], "args": args}, "params": count_params(pruned)}
-        return write_variant(ctx, source, out, model.manifest, update, record, [WEIGHTS])
+        save_weights(out / m.weights, pruned)
+        manifest = replace(m, architecture={"name": m.architecture["name"], "args": args},
+                           params=count_params(pruned))
+        return write_variant(ctx, source, out, manifest, record, [m.weights])
     init = out.parent / f".{out.name}-init.safetensors"
     save_weights(init, pruned)
     try:
-        return train_variant(ctx, source, out, arch["name"], args, record, epochs=ctx.config.finetune_epochs,
-                             pretrained=str(init))
+        return train_variant(ctx, source, out, m.architecture["name"], args, record,
+                             epochs=ctx.config.finetune_epochs, pretrained=str(init))
     finally:
         init.unlink(missing_ok=True)

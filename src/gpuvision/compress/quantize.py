@@ -14,12 +14,17 @@ it beside the saved onnxruntime model.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import require
+from ..artifact import WEIGHT_FILES, Inference, Manifest, ModelDir
+from ..errors import Unsupported, require
+from ..files import atomic_write
+from ..runtime import build_network
+from ..runtime.onnx import add_metadata, export_metadata, onnx_model, serialize
 
 # The operators with weights worth 8 bits; a batch-norm left after a max-pool (fastnet) stays fp32 beside them.
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -41,9 +46,6 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: torch.Tensor, me
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from ..export import add_metadata
-    from ..files import atomic_write
 
     prepared = fp32_path.with_name(fp32_path.stem + "-prepared.onnx")
     quantized = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
@@ -85,37 +87,37 @@ def int8_weight_fraction(path: Path) -> float:
     return eight_bit / max(sum(sizes.values()), 1)
 
 
-def make_int8(ctx, source: Path, out: Path) -> dict:
+def make_int8(ctx, source: ModelDir, out: Path) -> Manifest:
     """Quantise the model in `source` into the ONNX model directory `out`."""
-    from ..artifact import read_manifest
-    from ..export import eager_fp32, export_metadata, to_onnx
     from ..models import count_params
     from . import flops_of, write_variant
 
-    manifest = read_manifest(source)
-    require(manifest.get("format") == "safetensors", f"{source}: int8 quantisation needs a PyTorch model; this one "
-            f"is {manifest.get('format')} (already quantised?)")
-    _, net = eager_fp32(source)
-    calibration = ctx.normalised(ctx.calibration_images(), manifest)
+    m = source.manifest
+    require(m.format == "safetensors", f"{source.path}: int8 quantisation needs a PyTorch model; this one is "
+            f"{m.format} (already quantised?)", Unsupported)
+    net = build_network(source)
+    calibration = ctx.inputs(ctx.calibration_images(), m)
+    meta = export_metadata(m.input, m.classes, m.tta_level, m.architecture["name"])
     out.mkdir(parents=True)
     fp32 = out / ".fp32.onnx"
+    weights = WEIGHT_FILES["onnx"]
     try:
-        to_onnx(net, calibration[:2], fp32, export_metadata(manifest))
-        quantize_onnx(fp32, out / "model.onnx", calibration, export_metadata(manifest))
+        atomic_write(fp32, lambda p: Path(p).write_bytes(serialize(onnx_model(net, calibration[:2], meta))))
+        quantize_onnx(fp32, out / weights, calibration, meta)
     finally:
         fp32.unlink(missing_ok=True)
     record = {"method": "int8", "library": "onnxruntime.quantization",
               "scheme": "static QDQ, per-channel uint8 weights, uint8 activations, MinMax calibration; the first "
                         "convolution stays fp32",
-              "calibration_images": len(calibration), "int8_weight_fraction": int8_weight_fraction(out / "model.onnx")}
-    update = {"format": "onnx", "runtime": "onnxruntime-int8", "precision": "int8", "onnx_file": "model.onnx",
-              "params": count_params(net), "flops": flops_of(net, calibration[:1])}
-    return write_variant(ctx, source, out, manifest, update, record, ["model.onnx"])
+              "calibration_images": len(calibration), "int8_weight_fraction": int8_weight_fraction(out / weights)}
+    manifest = replace(m, format="onnx", weights=weights, inference=Inference("onnxruntime", "int8"),
+                       params=count_params(net), flops=flops_of(net, calibration[:1]))
+    return write_variant(ctx, source, out, manifest, record, [weights])
 
 
 def pt2e_int8(net: nn.Module, calibration: torch.Tensor, batch_size: int = 64) -> nn.Module:
     """torchao's PT2E int8 flow (X86InductorQuantizer): an exported program with quantise/dequantise nodes, to run
-    compiled with inductor's freezing (`artifact.compile_for_inference`). Not saved: see the module docstring."""
+    compiled with inductor's freezing (as runtime.InductorRuntime does). Not saved: see the module docstring."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (

@@ -1,156 +1,102 @@
 """The compression report: parameters, file size, FLOPs, test accuracy and speed of the original and each variant.
 
-Rows: `original` is the parent run the plain way (eager fp32, as `gpuvision.load` runs it); `original-fast` is the
-parent on its fastest unquantised runtime (compiled, bf16 where the device runs bf16 fast); then each variant on the
-fastest runtime it supports, which its manifest records so predict and serve use it too. Accuracy is top-1 on the
-parent's test split without test-time augmentation, computed on the same runtime as the timings. Latency is per
-call at batch 1, images/s at batch 64, each after warm-up, median (and p90) of the repeats, on this process's
-threads; when a CUDA GPU is present, the PyTorch models are timed there as well.
+Rows: `original` is the parent run the plain way (eager fp32); `original-fast` is the parent on its fastest
+unquantised runtime (compiled, bf16 where the device runs bf16 fast); then each variant on the fastest runtime it
+supports here, which its manifest records (measured before the manifest is written) so predict and serve use it
+too. Runtimes are named `backend-precision`. Accuracy is top-1 on the parent's test split without test-time
+augmentation, computed on the same runtime as the timings. Latency is per call at batch 1, images/s at batch 64,
+each after warm-up, median (and p90) of the repeats, on this process's threads; when a CUDA GPU is present, the
+PyTorch models are timed there as well.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..artifact import compile_for_inference, read_manifest, runtime_loader
-from ..device import autocast, cpu_has_fast_bf16, synchronize
+from ..artifact import Inference, ModelDir
+from ..device import cpu_flags, describe_device, fast_precisions
 from ..files import atomic_write, write_json
 from ..models import count_params
-from . import Context, flops_of, write_variant
+from ..runtime import Runtime, build_network, open_runtime
+from ..runtime.timing import speed
+from . import Context, flops_of
 
-WARMUP = 3
 BATCH = 64
 
 
-# ------------------------------------------------------------------------------------------ runtimes
-def _torch_runtime(net: torch.nn.Module, device: torch.device, precision: str, compiled: bool) -> Callable:
-    net = net.to(device=device, memory_format=torch.channels_last).eval()
-    forward = compile_for_inference(net) if compiled else net
-
-    @torch.no_grad()
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
-            return forward(x.to(device).contiguous(memory_format=torch.channels_last)).float()
-
-    return run
-
-
-def runtimes(directory: Path, manifest: dict, compile: bool, device: torch.device | None = None) -> dict:
-    """name -> factory of a callable (normalised fp32 N x C x H x W on the CPU -> logits) for every runtime the
-    model supports here."""
-    device = device or torch.device("cpu")
-    if manifest.get("format") != "safetensors":
-        net = runtime_loader(manifest["format"])(directory, manifest, device)
-        return {manifest["runtime"]: lambda: net}
-
-    def eager_net():
-        return runtime_loader("safetensors")(directory, {**manifest, "runtime": "eager"}, device)
-
-    precisions = ["fp32"] + (["bf16"] if device.type == "cuda" or cpu_has_fast_bf16() else [])
+def candidates(model_dir: ModelDir, compile: bool, device: torch.device) -> dict[str, Callable[[], Runtime]]:
+    """name -> factory of each runtime the model supports on this device."""
+    m = model_dir.manifest
+    if m.format != "safetensors":
+        return {m.inference.name: lambda: open_runtime(model_dir, device)}
     found = {}
-    for precision in precisions:
-        found[f"eager-{precision}"] = lambda p=precision: _torch_runtime(eager_net(), device, p, False)
-        if compile:
-            found[f"inductor-{precision}"] = lambda p=precision: _torch_runtime(eager_net(), device, p, True)
+    for precision in (p for p in fast_precisions(device) if p != "fp16"):
+        for backend in ("eager", "inductor") if compile else ("eager",):
+            found[f"{backend}-{precision}"] = lambda b=backend, p=precision: open_runtime(model_dir, device, b, p)
     return found
 
 
-# ------------------------------------------------------------------------------------------ timing
-def time_calls(run: Callable, x: torch.Tensor, repeats: int, device: torch.device) -> list[float]:
-    """Seconds per call of run(x), after warm-up (which also triggers any compilation)."""
-    for _ in range(WARMUP):
-        run(x)
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(x)
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def speed(run: Callable, x: torch.Tensor, repeats: int, device: torch.device) -> dict:
-    """Median and p90 latency at batch 1 (ms) and images/s at batch 64 (from the median call)."""
-    b1 = np.array(time_calls(run, x[:1], repeats, device)) * 1e3
-    b64 = np.median(time_calls(run, x[:BATCH], max(5, repeats // 3), device))
-    return {"latency_ms_b1": float(np.median(b1)), "latency_ms_b1_p90": float(np.percentile(b1, 90)),
-            "images_per_s_b64": BATCH / float(b64)}
-
-
 @torch.no_grad()
-def accuracy(run: Callable, inputs: torch.Tensor, labels: np.ndarray) -> float:
-    """Top-1 accuracy, in batches of 64 (the last padded, so a compiled runtime sees only the timed shapes)."""
+def accuracy(runtime: Runtime, inputs: torch.Tensor, labels: np.ndarray) -> float:
+    """Top-1 accuracy, in batches of BATCH (compiled runtimes pad the last to its bucket)."""
     correct = 0
     for start in range(0, len(inputs), BATCH):
-        x = inputs[start : start + BATCH]
-        n = len(x)
-        if n < BATCH:
-            x = torch.cat([x, x[-1:].expand(BATCH - n, *x.shape[1:])])
-        predicted = run(x)[:n].argmax(1).cpu().numpy()
-        correct += int((predicted == labels[start : start + n]).sum())
+        predicted = runtime.logits_normalised(inputs[start : start + BATCH]).argmax(1).numpy()
+        correct += int((predicted == labels[start : start + len(predicted)]).sum())
     return correct / max(len(labels), 1)
 
 
-# ------------------------------------------------------------------------------------------ rows
-def _describe(directory: Path, manifest: dict, example: torch.Tensor) -> dict:
-    size = sum((directory / name).stat().st_size for name in manifest["files"])
-    if manifest.get("format") == "safetensors":
-        net = runtime_loader("safetensors")(directory, {**manifest, "runtime": "eager"}, torch.device("cpu"))
-        net = net.to(memory_format=torch.contiguous_format)
+def _describe(model_dir: ModelDir, example: torch.Tensor) -> dict:
+    m = model_dir.manifest
+    size = sum((model_dir.path / name).stat().st_size for name in m.files)
+    if m.format == "safetensors":
+        net = build_network(model_dir)
         return {"params": count_params(net), "flops": flops_of(net, example.contiguous()), "size_bytes": size}
-    return {"params": manifest["params"], "flops": manifest["flops"], "size_bytes": size}
+    return {"params": m.params, "flops": m.flops, "size_bytes": size}
 
 
-def measure(ctx: Context, name: str, directory: Path, candidates: dict) -> dict:
-    """One report row: the fastest candidate runtime at batch 64, with its latency and accuracy."""
-    manifest = read_manifest(directory)
-    inputs = ctx.normalised(ctx.test_images, manifest)
-    row = {"name": name, "dir": str(directory), "format": manifest.get("format", "safetensors"),
-           **_describe(directory, manifest, inputs[:1])}
-    speeds, runs = {}, {}
-    for runtime, make in candidates.items():
-        ctx.emit("stage", stage=name, text=f"measuring {name} on {runtime}")
-        runs[runtime] = make()
-        speeds[runtime] = speed(runs[runtime], inputs, ctx.config.latency_repeats, torch.device("cpu"))
-    best = max(speeds, key=lambda r: speeds[r]["images_per_s_b64"])
-    row.update(runtime=best, **speeds[best], accuracy=accuracy(runs[best], inputs, ctx.test_labels),
-               runtimes_tried={r: s for r, s in speeds.items()})
+def measure(ctx: Context, name: str, model_dir: ModelDir, only: list[str] | None = None
+            ) -> tuple[dict, Inference]:
+    """One report row: the fastest candidate runtime at batch 64, with its latency and accuracy; and that runtime
+    as the manifest's inference setting."""
+    cpu = torch.device("cpu")
+    inputs = ctx.inputs(ctx.test_images, model_dir.manifest)
+    row = {"name": name, "dir": str(model_dir.path), "format": model_dir.manifest.format,
+           **_describe(model_dir, inputs[:1])}
+    speeds, runtimes = {}, {}
+    for runtime_name, make in candidates(model_dir, ctx.config.compile, cpu).items():
+        if only and runtime_name not in only:
+            continue
+        ctx.emit("stage", stage=name, text=f"measuring {name} on {runtime_name}")
+        runtimes[runtime_name] = make()
+        speeds[runtime_name] = speed(runtimes[runtime_name].run, inputs, ctx.config.latency_repeats, cpu, BATCH)
+    best = max(speeds, key=lambda r: speeds[r][f"images_per_s_b{BATCH}"])
+    row.update(runtime=best, **speeds[best], accuracy=accuracy(runtimes[best], inputs, ctx.test_labels),
+               runtimes_tried=speeds)
     if torch.cuda.is_available() and row["format"] == "safetensors":
         gpu = torch.device("cuda")
-        gpu_candidates = runtimes(directory, manifest, False, gpu)
-        runtime = "eager-bf16" if "eager-bf16" in gpu_candidates else "eager-fp32"
-        gpu_speed = speed(gpu_candidates[runtime](), inputs, ctx.config.latency_repeats, gpu)
-        row.update(gpu_runtime=runtime, **{f"gpu_{k}": v for k, v in gpu_speed.items()})
-    return row
+        precision = "bf16" if "bf16" in fast_precisions(gpu) else "fp32"
+        gpu_runtime = open_runtime(model_dir, gpu, "eager", precision)
+        gpu_speed = speed(gpu_runtime.run, inputs.to(gpu), ctx.config.latency_repeats, gpu, BATCH)
+        row.update(gpu_runtime=gpu_runtime.name, **{f"gpu_{k}": v for k, v in gpu_speed.items()})
+    backend, precision = best.split("-")
+    return row, Inference(backend, precision, describe_device(cpu))
 
 
-def measure_all(ctx: Context, dirs: dict[str, Path], seconds: dict[str, float]) -> list[dict]:
-    """The report's rows: original, original-fast, then each variant (whose manifest learns its fastest runtime)."""
-    parent = ctx.parent
-    plain = runtimes(parent, ctx.manifest, compile=False)
-    rows = [measure(ctx, "original", parent, {"eager-fp32": plain["eager-fp32"]})]
-    fast = {k: v for k, v in runtimes(parent, ctx.manifest, ctx.config.compile).items() if k != "eager-fp32"}
-    rows.append(measure(ctx, "original-fast", parent, fast) if fast else {**rows[0], "name": "original-fast"})
-    for name, directory in dirs.items():
-        manifest = read_manifest(directory)
-        row = measure(ctx, name, directory, runtimes(directory, manifest, ctx.config.compile))
-        row["seconds_to_make"] = seconds[name]
-        if manifest.get("format") == "safetensors" and manifest.get("runtime") != row["runtime"]:
-            base = {k: v for k, v in manifest.items() if k != "compression"}
-            record = {**manifest["compression"]}
-            write_variant(ctx, Path(record["parent"]), directory, base, {"runtime": row["runtime"]}, record,
-                          [name for name in manifest["files"] if name != manifest["split"]["file"]])
-        rows.append(row)
-    original = rows[0]
-    for row in rows:
+def measure_originals(ctx: Context) -> list[dict]:
+    """The parent's two rows: eager fp32, and its fastest other runtime here."""
+    original, _ = measure(ctx, "original", ctx.parent, only=["eager-fp32"])
+    others = [n for n in candidates(ctx.parent, ctx.config.compile, torch.device("cpu")) if n != "eager-fp32"]
+    fast = measure(ctx, "original-fast", ctx.parent, only=others)[0] if others else {**original,
+                                                                                      "name": "original-fast"}
+    rows = [original, fast]
+    for row in [*rows, *ctx.rows.values()]:
         row["accuracy_delta"] = row["accuracy"] - original["accuracy"]
         row["speedup_b64"] = row["images_per_s_b64"] / original["images_per_s_b64"]
         row["latency_speedup_b1"] = original["latency_ms_b1"] / row["latency_ms_b1"]
@@ -160,12 +106,10 @@ def measure_all(ctx: Context, dirs: dict[str, Path], seconds: dict[str, float]) 
 
 # ------------------------------------------------------------------------------------------ writing
 def machine() -> dict:
-    from ..device import cpu_flags
-
     flags = cpu_flags()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # timings on a shared machine need this context
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "load_average_1min": round(load[0], 2) if load else None,
+    return {"cpu": describe_device(torch.device("cpu")), "arch": platform.machine(),
+            "threads": torch.get_num_threads(), "load_average_1min": round(load[0], 2) if load else None,
             "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags],
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
 
@@ -191,12 +135,13 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    """Accuracy against batch-1 latency, one point per variant (a Figure of its own: no backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for r in report["variants"]:
         ax.scatter(r["latency_ms_b1"], 100 * r["accuracy"], s=40)
         ax.annotate(f"{r['name']}\n{r['runtime']}", (r["latency_ms_b1"], 100 * r["accuracy"]), fontsize=7,
@@ -208,7 +153,6 @@ def plot(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from .augment import Augment, cutout, flip_translate
+from .input_spec import InputSpec, normalise
 
 
 def _draw_seed(generator: torch.Generator | None) -> int:
@@ -22,19 +23,17 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 class DeviceLoader:
     """Iterate (inputs, labels) batches of one split; shuffled and augmented when `augment` is given.
 
-    images: N x C x H x W uint8 on the device; mean/std: per-channel, in 0..255 units. Every image is yielded
+    images: N x C x H x W uint8 on the device; spec: the model's input (normalisation). Every image is yielded
     exactly once per epoch (the last batch may be smaller). The generator's state is all the loader's randomness,
     so saving it at an epoch boundary makes a resumed run draw the same batches.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: InputSpec,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = True, drop_last: bool = False):
         self.images, self.labels, self.batch_size, self.drop_last = images, labels, batch_size, drop_last
         self.augment, self.generator, self.dtype, self.channels_last = augment, generator, dtype, channels_last
-        device = images.device
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.spec, device = spec, images.device
         if augment and augment.flip and augment.altflip:
             # altflip (from airbench): each image gets a random first flip, then flips every other epoch, so
             # consecutive epochs see both mirror images of it.
@@ -73,11 +72,8 @@ class DeviceLoader:
         return cutout(x, aug.cutout, g) if aug.cutout else x
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 -> normalised float, channels_last."""
-        x = (batch.float() - self.mean) * self.inv_std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x.to(self.dtype)
+        """uint8 -> the model's input (channels_last unless disabled)."""
+        return normalise(batch, self.spec, self.dtype, self.channels_last)
 
     def state(self) -> dict[str, torch.Tensor]:
         """All the loader's randomness; restoring it at an epoch boundary replays the same batches."""
@@ -97,17 +93,16 @@ class StreamingLoader(DeviceLoader):
     waiting for a batch, to report the share of step time lost to data.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std, device: torch.device,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: InputSpec,
+                 device: torch.device,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = True, prefetch: int = 3):
         pin = device.type == "cuda"
         host_images = images.cpu().pin_memory() if pin else images.cpu()
         # The permutation is drawn on the host (the images are there); augmentation draws on the device generator.
         self.host_generator = torch.Generator().manual_seed(_draw_seed(generator))
-        super().__init__(host_images, labels.to(device), batch_size, mean, std, augment, generator, dtype,
-                         channels_last)
+        super().__init__(host_images, labels.to(device), batch_size, spec, augment, generator, dtype, channels_last)
         self.device, self.pin, self.prefetch, self.wait_seconds = device, pin, prefetch, 0.0
-        self.mean, self.inv_std = self.mean.to(device), self.inv_std.to(device)
         if hasattr(self, "base_flip"):
             self.base_flip = self.base_flip.to(device)
 

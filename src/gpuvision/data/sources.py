@@ -34,7 +34,8 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def load_images(
-    src: str, image_size: int | tuple[int, int] | None = None, channels: int | None = None, strict: bool = False
+    src: str, image_size: int | tuple[int, int] | None = None, channels: int | None = None, strict: bool = False,
+    max_decoded_bytes: int | str | None = None,
 ) -> ImageSet:
     """Decode a source once (then load it from the cache) into an ImageSet.
 

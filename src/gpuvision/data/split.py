@@ -20,6 +20,8 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    val_source: str = "carved"  # carved from the training part, or given:val
+    test_source: str = "carved"  # carved, given:test, or given:val
 
     def part(self, name: str) -> np.ndarray:
         require(name in ("train", "val", "test"), f"unknown split {name!r}; use train, val, test or all")
@@ -67,7 +69,7 @@ def make_split(images: ImageSet, val_fraction: float = 0.1, test_fraction: float
         train, test = _stratified_take(everything, images.labels, test_fraction, rng)
     train, val = _stratified_take(train, images.labels, val_fraction, rng)
     require(len(train) > 0 and len(test) > 0, "too few images to split into train and test; add images")
-    return Split(train=train, val=val, test=test)
+    return Split(train=train, val=val, test=test, test_source="given:test" if images.has_given_test else "carved")
 
 
 def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
@@ -80,9 +82,13 @@ def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
     })
 
 
-def load_split(path: Path, images: ImageSet) -> Split:
-    """The saved split as indices into images; a changed source is a UserError, never a different test set."""
-    saved = json.loads(Path(path).read_text())
+def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
+    """The saved split (a file, its bytes, or its parsed JSON) as indices into images; a changed source is a
+    UserError, never a different test set."""
+    if isinstance(saved, Path):
+        saved = saved.read_bytes()
+    if isinstance(saved, bytes):
+        saved = json.loads(saved)
     if saved["source_fingerprint"] != images.fingerprint:
         raise UserError(
             f"{images.source} changed since the model was trained, so its recorded split no longer exists; "

@@ -12,7 +12,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..errors import UserError, require
 
 SEP = "/"
 
@@ -39,6 +42,7 @@ def flatten(obj, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
 
 
 def unflatten(skeleton, tensors: dict[str, torch.Tensor]):
+    """The inverse of flatten: rebuild the nested value from its skeleton and tensors."""
     if isinstance(skeleton, dict) and "__tensor__" in skeleton:
         return tensors[skeleton["__tensor__"]]
     if isinstance(skeleton, dict) and "__dict__" in skeleton:
@@ -72,5 +76,13 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    skeleton = json.loads((path / "state.json").read_text())
-    return unflatten(skeleton, load_file(str(path / "state.safetensors")))
+    """The state saved by save_checkpoint; a damaged checkpoint is a UserError, never a traceback."""
+    try:
+        skeleton = json.loads((path / "state.json").read_text())
+        state = unflatten(skeleton, load_file(str(path / "state.safetensors")))
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, SafetensorError) as e:
+        raise UserError(f"--resume: the checkpoint {path} is damaged ({type(e).__name__}); remove it to resume "
+                        "from an earlier one, or start again with --overwrite") from e
+    require(isinstance(state, dict) and {"config", "fingerprint", "epoch", "step", "model"} <= set(state),
+            f"--resume: {path} is not a checkpoint of this gpuvision version; start again with --overwrite")
+    return state

@@ -5,29 +5,44 @@ From Python:                   gpuvision.train(data="digits", epochs=5, out="run
 
 The loop keeps its running loss and accuracy on the device and reads them to the host only at logging points
 (epoch ends, plus a few points per epoch when a progress callback is listening), so a GPU is never stalled per step.
+A run holds an OS lock on its directory; a loss or weights that stop being finite end it with a clear error,
+keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from ..artifact import WEIGHTS, library_versions, save_weights, write_manifest
-from ..config import TrainConfig
+from ..artifact import (
+    WEIGHT_FILES,
+    Inference,
+    Manifest,
+    SplitRecord,
+    Training,
+    library_versions,
+    save_weights,
+    write_manifest,
+)
+from ..config import RESUMABLE_SETTINGS, TrainConfig
 from ..data import load_images, make_split
+from ..data.input_spec import InputSpec
 from ..data.loader import DeviceLoader, StreamingLoader
 from ..data.split import save_split, stratified_sample
-from ..device import autocast, pick_device, pick_precision
-from ..errors import require
+from ..device import autocast, fast_cuda_math, pick_device, pick_precision
+from ..errors import BadInput, UserError, require
+from ..files import atomic_write
 from ..models import count_params, create_model, default_model, load_pretrained, model_spec
+from ..runtime import EagerRuntime
+from ..runtime.reference import reference_figures
+from . import run_dir
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .recipes import create_recipe, default_recipe
 
@@ -38,6 +53,7 @@ DATA_INIT_IMAGES = 5_000  # of those, the ones a model's data-dependent initiali
 LOGS_PER_EPOCH = 4  # logging points per epoch when a progress callback listens (each is one device sync)
 
 Event = Callable[..., None]
+Finalize = Callable[[Manifest, Path], Manifest]
 
 
 @dataclass
@@ -45,22 +61,12 @@ class TrainResult:
     """Where the model went and how training ended."""
 
     model_dir: Path
-    manifest: dict
+    manifest: Manifest
     seconds: float
 
 
 def _default_out(data_name: str) -> Path:
     return Path("runs") / f"{data_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def _prepare_out(config: TrainConfig) -> None:
-    out = Path(config.out)
-    if config.resume:
-        ckpt = latest_checkpoint(out / "checkpoints") if out.is_dir() else None
-        require(ckpt is not None, f"--resume: nothing to resume in {out} (no checkpoint); drop --resume to start")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        require(config.overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it or --resume")
 
 
 def _should_stream(choice: str, train_images: torch.Tensor, device: torch.device) -> bool:
@@ -73,33 +79,55 @@ def _should_stream(choice: str, train_images: torch.Tensor, device: torch.device
     return train_images.numel() > free // 2
 
 
-class Trainer:
-    """Trains one model from a TrainConfig; `run()` does all phases."""
+def _absolute_data(data: str) -> str:
+    return data if data == "digits" else str(Path(data).expanduser().resolve())
 
-    def __init__(self, config: TrainConfig, on_event: Event | None = None):
-        self.config = config.validate()
+
+def _resumed_config(given: TrainConfig, saved: dict) -> TrainConfig:
+    """The checkpoint's settings; a given setting that differs from both its default and the checkpoint's value
+    would change the run, so it is refused (only RESUMABLE_SETTINGS may change)."""
+    default, saved_config = TrainConfig(), TrainConfig(**saved)
+    conflicts = [f.name for f in fields(TrainConfig) if f.name not in RESUMABLE_SETTINGS
+                 and getattr(given, f.name) != getattr(default, f.name)
+                 and getattr(given, f.name) != getattr(saved_config, f.name)]
+    require(not conflicts, f"--resume continues the run as it was started; these settings differ from its "
+            f"checkpoint: {', '.join('--' + c.replace('_', '-') for c in conflicts)} (drop them, or start a new run)",
+            BadInput)
+    kept = {name: getattr(given, name) for name in RESUMABLE_SETTINGS
+            if name not in ("resume", "overwrite") and getattr(given, name) != getattr(default, name)}
+    return replace(saved_config, **kept, resume=True, overwrite=False).validate()
+
+
+class Trainer:
+    """Trains one model from a TrainConfig; `run()` does all phases. `finalize` may complete the manifest before
+    it is written (compress records what it did there)."""
+
+    def __init__(self, config: TrainConfig, on_event: Event | None = None, finalize: Finalize | None = None):
+        self.config = replace(config).validate()
         self.emit = on_event or (lambda *a, **k: None)
         self.listening = on_event is not None
+        self.finalize = finalize
+        self.lock: run_dir.RunLock | None = None
 
     # --------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Data, split, model, loaders, optimizer; restores the checkpoint when resuming. Writes nothing until
         everything that can fail on bad input has run, so a refused run leaves no directory behind."""
         cfg = self.config
+        cfg.data = _absolute_data(cfg.data)
         if cfg.resume:
-            require(cfg.out, "--resume needs --out DIR: the run directory to continue")
-            _prepare_out(cfg)
-            self.checkpoint = load_checkpoint(latest_checkpoint(Path(cfg.out) / "checkpoints"))
-            cfg = self.config = replace(TrainConfig(**self.checkpoint["config"]), out=cfg.out, resume=True)
+            cfg = self._open_resume()
         self.device = pick_device(cfg.device)
         self.precision = pick_precision(cfg.precision, self.device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict)
-        if not cfg.resume:
+        self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict,
+                                  max_decoded_bytes=cfg.max_decoded_bytes)
+        if cfg.resume:
+            require(self.images.fingerprint == self.checkpoint["fingerprint"],
+                    f"--resume: {cfg.data} changed since the run started, so its split (and test images) would "
+                    "change; restore the data or start a new run", BadInput)
+        else:
             cfg.out = cfg.out or str(_default_out(self.images.name))
-            _prepare_out(cfg)
+            run_dir.check_out(Path(cfg.out), cfg.data, cfg.overwrite)
         self.out = Path(cfg.out)
         self.split = make_split(self.images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         self._build_model()
@@ -123,15 +151,29 @@ class Trainer:
         if cfg.resume:
             self._restore(self.checkpoint)
         else:
-            if self.out.exists():
-                shutil.rmtree(self.out)  # --overwrite, checked above; only now that the data and model are fine
-            self.out.mkdir(parents=True)
+            self.lock = run_dir.RunLock(self.out)
+            self.lock.acquire()
+            run_dir.check_out(self.out, cfg.data, cfg.overwrite)  # again: another run may have finished meanwhile
+            run_dir.start(self.out)
             save_split(self.out / SPLIT_FILE, self.images, self.split, cfg.seed)
         s = self.recipe.settings
         self.emit("setup", device=str(self.device), precision=self.precision, model=self.architecture["name"],
                   recipe=self.recipe.name, compiled=self.compiled, streaming=self.streaming,
                   params=count_params(self.model), split=self.split.sizes(), epochs=s.epochs,
-                  batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped))
+                  batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped),
+                  val_source=self.split.val_source, test_source=self.split.test_source)
+
+    def _open_resume(self) -> TrainConfig:
+        """Lock the run directory, read its last checkpoint and take the run's own settings from it."""
+        require(self.config.out, "--resume needs --out DIR: the run directory to continue", BadInput)
+        out = Path(self.config.out)
+        require(out.is_dir() and latest_checkpoint(out / "checkpoints") is not None,
+                f"--resume: nothing to resume in {out} (no checkpoint); drop --resume to start", BadInput)
+        self.lock = run_dir.RunLock(out)
+        self.lock.acquire()
+        self.checkpoint = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+        self.config = _resumed_config(self.config, self.checkpoint["config"])
+        return self.config
 
     def _build_model(self) -> None:
         cfg = self.config
@@ -142,38 +184,43 @@ class Trainer:
                                     epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                                     **cfg.recipe_args)
         self.recipe.resolve(len(self.split.train), self.image_side)
-        torch.manual_seed(cfg.seed)
         args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": self.image_side,
                 **cfg.model_args}
-        self.model = create_model(name, **args)
+        # Initialisation draws from the global generator (torch.nn.init has no other): seed it for this call only.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            try:
+                self.model = create_model(name, **args)
+            except TypeError as e:
+                raise BadInput(f"model_args {cfg.model_args} do not fit a {name} ({e})") from e
         self.architecture = {"name": name, "args": args}
         if cfg.pretrained:
             load_pretrained(self.model, cfg.pretrained)
         self.model.to(self.device, memory_format=torch.channels_last)
 
     def _build_loaders(self) -> None:
-        """The decoded set goes to the device once (or streams from host memory); mean/std from training images."""
+        """The decoded set goes to the device once (or streams from host memory); the input normalisation comes
+        from a seeded draw of training images in proportion to the classes (a class-sorted source would otherwise
+        give the first class's statistics)."""
         cfg, batch_size = self.config, self.recipe.settings.batch_size
         images, labels = torch.from_numpy(self.images.images), torch.from_numpy(self.images.labels)
         train_idx, val_idx = torch.from_numpy(self.split.train), torch.from_numpy(self.split.val)
-        # A seeded draw in proportion to the classes: sources sorted by class would otherwise give one class's mean.
         self.stats_sample = stratified_sample(self.images.labels, self.split.train, STATS_IMAGES, cfg.seed)
-        sample = images[torch.from_numpy(self.stats_sample)].float()
-        self.mean = sample.mean(dim=(0, 2, 3)).tolist()
-        self.std = sample.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
+        self.spec = InputSpec.from_images(images[torch.from_numpy(self.stats_sample)])
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         augment = self.recipe.augment(self.image_side)
+        drop_last = self.recipe.settings.drop_last
         self.streaming = _should_stream(cfg.loader, images[train_idx], self.device)
         if self.streaming:
-            self.train_loader = StreamingLoader(images[train_idx], labels[train_idx], batch_size, self.mean,
-                                                self.std, self.device, augment, self.generator)
-            self.val_loader = StreamingLoader(images[val_idx], labels[val_idx], 1000, self.mean, self.std, self.device)
+            self.train_loader = StreamingLoader(images[train_idx], labels[train_idx], batch_size, self.spec,
+                                                self.device, augment, self.generator, drop_last=drop_last)
+            self.val_loader = StreamingLoader(images[val_idx], labels[val_idx], 1000, self.spec, self.device)
             return
         images, labels = images.to(self.device), labels.to(self.device)
         train_idx, val_idx = train_idx.to(self.device), val_idx.to(self.device)
-        self.train_loader = DeviceLoader(images[train_idx], labels[train_idx], batch_size, self.mean, self.std,
-                                         augment, self.generator, drop_last=self.recipe.settings.drop_last)
-        self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.mean, self.std)
+        self.train_loader = DeviceLoader(images[train_idx], labels[train_idx], batch_size, self.spec, augment,
+                                         self.generator, drop_last=drop_last)
+        self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.spec)
 
     # --------------------------------------------------------------------------------------------- train
     def train(self) -> None:
@@ -183,7 +230,8 @@ class Trainer:
         while self.step < self.total_steps:
             recipe.on_epoch(model, self.epoch, epochs)
             steps_this_epoch = min(self.steps_per_epoch, self.total_steps - self.step)
-            self.emit("epoch_start", epoch=self.epoch, steps=steps_this_epoch)
+            self.emit("epoch_start", epoch=self.epoch, steps=steps_this_epoch, total_steps=self.total_steps,
+                      done_steps=self.step)
             log_every = max(1, steps_this_epoch // LOGS_PER_EPOCH)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -204,19 +252,30 @@ class Trainer:
             record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum.item() / seen,
                       "train_accuracy": correct.item() / seen, "lr": self.optimizer.param_groups[-1]["lr"],
                       "seconds": time.perf_counter() - started}
+            self._require_finite(record["train_loss"], "the training loss")
             record["images_per_s"] = seen / record["seconds"]
             if self.streaming:
                 record["data_wait_share"] = (self.train_loader.wait_seconds - waited) / record["seconds"]
             last = self.step >= self.total_steps
             if len(self.val_loader.labels) and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
-                record["val_accuracy"] = self.validate()
+                record["val_loss"], record["val_accuracy"] = self.validate()
+                self._require_finite(record["val_loss"], "the validation loss")
             self.history.append(record)
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            self.emit("epoch_end", **record)
+            self.emit("epoch_end", **record, total_steps=self.total_steps)
             if cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0 and not last:
                 self.save_checkpoint()
         recipe.finish(model)
+        self._require_finite(float(sum(p.float().abs().sum() for p in model.state_dict().values()
+                                       if p.is_floating_point())), "the final weights")
+
+    def _require_finite(self, value: float, what: str) -> None:
+        if not math.isfinite(value):
+            last = latest_checkpoint(self.out / "checkpoints")
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+            raise UserError(f"training diverged at epoch {self.epoch}: {what} is not finite; lower --lr and start "
+                            f"again with --overwrite ({kept})")
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         factor = self.recipe.lr_factor(self.step, self.total_steps)
@@ -238,23 +297,27 @@ class Trainer:
         return loss, logits
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Accuracy on the validation split (no TTA), leaving the model in training mode."""
+    def validate(self) -> tuple[float, float]:
+        """Loss and accuracy on the validation split (no TTA), leaving the model in training mode."""
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss = torch.zeros((), device=self.device)
         with autocast(self.device, self.precision):
             for x, y in self.val_loader.epoch():
-                correct += (self.model(x).argmax(1) == y).sum()
+                logits = self.model(x).float()
+                loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
         self.model.train()
-        return correct.item() / len(self.val_loader.labels)
+        n = len(self.val_loader.labels)
+        return loss.item() / n, correct.item() / n
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         state = {
-            "config": asdict(self.config), "epoch": self.epoch, "step": self.step, "history": self.history,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "recipe": self.recipe.state_tensors(), "rng": {"loader": self.train_loader.state(),
-                                                           "torch": torch.get_rng_state()},
+            "config": asdict(self.config), "fingerprint": self.images.fingerprint, "epoch": self.epoch,
+            "step": self.step, "history": self.history, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "recipe": self.recipe.state_tensors(),
+            "rng": {"loader": self.train_loader.state()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
         path = save_checkpoint(self.out / "checkpoints", self.epoch, state)
@@ -262,64 +325,88 @@ class Trainer:
         return path
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.recipe.load_state_tensors(state["recipe"])
-        self.train_loader.set_state(state["rng"]["loader"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.recipe.load_state_tensors(state["recipe"])
+            self.train_loader.set_state(state["rng"]["loader"])
+            if self.scaler and state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"--resume: the checkpoint in {self.out} does not fit this run ({type(e).__name__}); "
+                            "start again with --overwrite") from e
         # metrics.jsonl keeps exactly the epochs the checkpoint has seen
         lines = [json.dumps(r) + "\n" for r in self.history]
-        (self.out / METRICS_FILE).write_text("".join(lines))
+        atomic_write(self.out / METRICS_FILE, lambda p: Path(p).write_text("".join(lines)))
 
     # --------------------------------------------------------------------------------------------- model directory
-    def save_model(self) -> dict:
-        """Write model.safetensors, then manifest.json (last, vouching for the weights and the split)."""
-        save_weights(self.out / WEIGHTS, self.model)
-        _, channels, height, width = self.images.images.shape
+    def reference(self) -> dict:
+        """The test-split figures serving compares production with: accuracy (no TTA), confidence, brightness."""
+        runtime = EagerRuntime(self.model, self.spec, self.images.classes, 0, self.device, self.precision)
+        pixels, labels = self.images.images[self.split.test], self.images.labels[self.split.test]
+        return reference_figures(runtime.logits(pixels), labels, pixels)
+
+    def save_model(self) -> Manifest:
+        """Write the weights, then manifest.json (last, vouching for every file), then drop the checkpoints."""
+        cfg = self.config
+        weights = WEIGHT_FILES["safetensors"]
+        save_weights(self.out / weights, self.model)
         final = self.history[-1] if self.history else {}
-        manifest = {
-            "format": "safetensors",
-            "runtime": "eager",
-            "architecture": self.architecture,
-            "classes": self.images.classes,
-            "input": {"size": [height, width], "channels": channels, "mean": self.mean, "std": self.std,
-                      "value_range": [0, 255]},
-            "tta_level": self.recipe.settings.tta_level,
-            "split": {"file": SPLIT_FILE, "source": self.images.source, "source_fingerprint": self.images.fingerprint,
-                      "sizes": self.split.sizes(), "skipped": len(self.images.skipped)},
-            "seed": self.config.seed,
-            "settings": asdict(self.config),
-            "recipe": self.recipe.describe(),
-            "device": str(self.device), "precision": self.precision, "compiled": self.compiled,
-            "params": count_params(self.model),
-            "metrics": {k: final[k] for k in ("train_loss", "train_accuracy", "val_accuracy") if k in final},
-            "versions": library_versions(),
-            "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-        }
-        return write_manifest(self.out, manifest, [WEIGHTS, SPLIT_FILE])
+        manifest = Manifest(
+            format="safetensors", weights=weights, architecture=self.architecture, classes=self.images.classes,
+            input=self.spec,
+            split=SplitRecord(file=SPLIT_FILE, source=self.images.source, source_fingerprint=self.images.fingerprint,
+                              sizes=self.split.sizes(), skipped=len(self.images.skipped),
+                              val_source=self.split.val_source, test_source=self.split.test_source),
+            inference=Inference("eager", self.precision),
+            training=Training(str(self.device), self.precision, 1, self.compiled),
+            tta_level=self.recipe.settings.tta_level, reference=self.reference(), seed=cfg.seed,
+            settings=asdict(cfg), recipe=self.recipe.describe(), params=count_params(self.model),
+            metrics={k: final[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy") if k in final},
+            versions=library_versions(), created=datetime.now().astimezone().isoformat(timespec="seconds"))
+        if self.finalize:
+            manifest = self.finalize(manifest, self.out)
+        files = [weights, SPLIT_FILE, METRICS_FILE]
+        if cfg.keep_checkpoints:
+            files += sorted(p.relative_to(self.out).as_posix() for p in (self.out / "checkpoints").rglob("*")
+                            if p.is_file())
+        manifest = write_manifest(self.out, manifest, files)
+        if not cfg.keep_checkpoints:
+            import shutil
+
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        run_dir.finish(self.out)
+        return manifest
 
     def cleanup(self) -> None:
-        """Release the device memory the run held (the loaders' image copies, optimizer state)."""
-        del self.train_loader, self.val_loader, self.optimizer, self.forward
-        if self.device.type == "cuda":
+        """Release the run directory's lock and the device memory the run held."""
+        if self.lock:
+            self.lock.release()
+        for name in ("train_loader", "val_loader", "optimizer", "forward"):
+            self.__dict__.pop(name, None)
+        if getattr(self, "device", None) is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def run(self) -> TrainResult:
         started = time.perf_counter()
-        self.setup()
-        self.train()
-        manifest = self.save_model()
-        self.cleanup()
+        try:
+            self.setup()
+            with fast_cuda_math(self.device):
+                self.train()
+            manifest = self.save_model()
+        finally:
+            self.cleanup()
         result = TrainResult(self.out, manifest, time.perf_counter() - started)
         self.emit("done", model_dir=str(self.out), seconds=result.seconds)
         return result
 
 
-def train(config: TrainConfig | None = None, on_event: Event | None = None, **settings) -> TrainResult:
+def train(config: TrainConfig | None = None, on_event: Event | None = None, finalize: Finalize | None = None,
+          **settings) -> TrainResult:
     """Train a model: `gpuvision.train(data="digits", epochs=5)`; settings are TrainConfig fields."""
     config = replace(config or TrainConfig(), **settings)
-    return Trainer(config, on_event).run()
+    return Trainer(config, on_event, finalize).run()
 
+
+__all__ = ["Event", "Trainer", "TrainResult", "train"]

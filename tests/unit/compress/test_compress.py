@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gpuvision
-from gpuvision.artifact import read_manifest
+from gpuvision.artifact import ModelDir
 from gpuvision.compress import PLANS, compress
 from gpuvision.compress.distill import student_spec
 from gpuvision.compress.prune import prune_network
@@ -59,10 +59,10 @@ def test_prune_removes_half_the_parameters_and_keeps_accuracy(compressed):
     original, pruned = rows["original"], rows["prune"]
     assert pruned["params"] <= 0.5 * original["params"]
     assert pruned["flops"] < original["flops"] and pruned["size_bytes"] < original["size_bytes"]
-    manifest = read_manifest(pruned["dir"])
-    widths = manifest["architecture"]["args"]["widths"]
+    manifest = ModelDir.open(pruned["dir"]).manifest
+    widths = manifest.architecture["args"]["widths"]
     assert all(w < 64 for w in widths[1:]) and widths[0] <= 32  # channels gone from the saved network itself
-    assert count_params(create_model("fastnet", **manifest["architecture"]["args"])) == pruned["params"]
+    assert count_params(create_model("fastnet", **manifest.architecture["args"])) == pruned["params"]
     assert pruned["accuracy"] >= original["accuracy"] - 0.05
 
 
@@ -70,8 +70,8 @@ def test_int8_is_int8_and_keeps_accuracy(compressed, cifar_model):
     _, rows = compressed
     for name, parent in (("int8", "original"), ("prune+int8", "prune"), ("distill+int8", "distill")):
         row = rows[name]
-        manifest = read_manifest(row["dir"])
-        assert manifest["format"] == "onnx" and row["runtime"] == "onnxruntime-int8"
+        manifest = ModelDir.open(row["dir"]).manifest
+        assert manifest.format == "onnx" and row["runtime"] == "onnxruntime-int8" == manifest.inference.name
         assert int8_weight_fraction(f"{row['dir']}/model.onnx") > 0.95
         # 8-bit weights are a quarter of fp32; the graph and per-channel scales weigh more in a tiny student
         fraction = 0.5 if name == "int8" else 0.75
@@ -93,8 +93,8 @@ def test_int8_agrees_with_its_fp32_parent(compressed, cifar_model, cifar_subset)
 def test_student_is_smaller_and_learns_from_the_teacher(compressed):
     _, rows = compressed
     student = rows["distill"]
-    manifest = read_manifest(student["dir"])
-    assert manifest["recipe"]["name"] == "distill" and manifest["compression"]["method"] == "distill"
+    manifest = ModelDir.open(student["dir"]).manifest
+    assert manifest.recipe["name"] == "distill" and manifest.compression["method"] == "distill"
     assert student["params"] < 0.5 * rows["original"]["params"]
     assert student["accuracy"] >= rows["original"]["accuracy"] - 0.2 and student["accuracy"] > 0.3
 
@@ -105,37 +105,40 @@ def test_variants_are_regular_model_directories(compressed, cifar_model, cifar_s
     image = sorted((cifar_subset / "test" / "cat").glob("*"))[0]
     for name in ROWS[2:]:
         row = rows[name]
-        manifest = read_manifest(row["dir"])
-        assert manifest["classes"] == read_manifest(cifar_model)["classes"]
+        model_dir = ModelDir.open(row["dir"])
+        manifest = model_dir.manifest
+        assert manifest.classes == ModelDir.open(cifar_model).manifest.classes
+        # measured before it was written: the manifest records the runtime the report chose, on this machine
+        assert manifest.inference.name == row["runtime"] and manifest.inference.measured_on.startswith("cpu:")
+        assert sorted(p.name for p in model_dir.path.iterdir()) == sorted([*manifest.files, "manifest.json"])
         assert json.loads(open(f"{row['dir']}/split.json").read())["test"] == parent_test  # never trained on test
         report = gpuvision.evaluate(row["dir"], tta=False)
         assert abs(report["accuracy"] - row["accuracy"]) < 0.01
         top = gpuvision.load(row["dir"]).predict([str(image)], top_k=3)[0]
-        assert len(top) == 3 and {t["class"] for t in top} <= set(manifest["classes"])
+        assert len(top) == 3 and {t["class"] for t in top} <= set(manifest.classes)
 
 
 def test_manifest_records_parent_and_steps(compressed, cifar_model):
-    from gpuvision.files import sha256_file
-
     _, rows = compressed
-    chained = read_manifest(rows["prune+int8"]["dir"])["compression"]
+    chained = ModelDir.open(rows["prune+int8"]["dir"]).manifest.compression
     assert chained["steps"] == ["prune", "int8"] and chained["parent"] == rows["prune"]["dir"]
-    assert chained["parent_files"]["model.safetensors"] == sha256_file(f"{rows['prune']['dir']}/model.safetensors")
+    assert chained["parent_version"] == ModelDir.open(rows["prune"]["dir"]).version
     assert chained["original"] == str(cifar_model)
-    pruned = read_manifest(rows["prune"]["dir"])["compression"]
+    pruned = ModelDir.open(rows["prune"]["dir"]).manifest.compression
     assert pruned["target_sparsity"] == 0.5 and pruned["params_after"] <= 0.5 * pruned["params_before"]
 
 
 def test_export_accepts_an_int8_variant(compressed, tmp_path):
     from gpuvision.config import ExportConfig
-    from gpuvision.export import export_model, read_onnx_metadata
+    from gpuvision.export import export_model
+    from gpuvision.runtime.onnx import onnx_metadata
 
     _, rows = compressed
     result = export_model(ExportConfig(model_dir=rows["int8"]["dir"], format="onnx", out=str(tmp_path / "m.onnx")))
-    meta = read_onnx_metadata(tmp_path / "m.onnx")
+    meta = onnx_metadata((tmp_path / "m.onnx").read_bytes())
     assert (tmp_path / "m.onnx").read_bytes() == open(f"{rows['int8']['dir']}/model.onnx", "rb").read()
     assert result["size_bytes"] == (tmp_path / "m.onnx").stat().st_size
-    assert json.loads(meta["classes"]) == read_manifest(rows["int8"]["dir"])["classes"]
+    assert json.loads(meta["classes"]) == ModelDir.open(rows["int8"]["dir"]).manifest.classes
 
 
 def test_plans_cover_each_method_and_the_chains():
@@ -172,12 +175,16 @@ def test_pt2e_int8_holds_int8_weights_and_agrees(cifar_model):
     """torchao's PT2E flow, which the benchmark measures beside the saved onnxruntime model (run eagerly here:
     compiling it takes minutes)."""
     from gpuvision.compress.quantize import pt2e_int8
-    from gpuvision.export import eager_fp32, parity, parity_inputs
+    from gpuvision.data.input_spec import normalise
+    from gpuvision.export import parity, parity_pixels
+    from gpuvision.runtime import build_network
 
-    model, net = eager_fp32(cifar_model)
-    inputs = parity_inputs(model, None, 200)
-    quantized = pt2e_int8(net, inputs[:128])
+    model_dir = ModelDir.open(cifar_model)
+    net, spec = build_network(model_dir), model_dir.manifest.input
+    pixels = parity_pixels(model_dir, None, 200)
+    quantized = pt2e_int8(net, normalise(pixels[:128], spec))
     int8 = [t for t in [*quantized.state_dict().values(), *vars(quantized).values()]
             if isinstance(t, torch.Tensor) and t.dtype == torch.int8]
     assert int8 and sum(t.numel() for t in int8) >= 0.9 * count_params(net)
-    assert parity(net, quantized, inputs)["top1_agreement"] >= 0.8
+    agreement = parity(lambda x: net(normalise(x, spec)), lambda x: quantized(normalise(x, spec)), pixels)
+    assert agreement["top1_agreement"] >= 0.8

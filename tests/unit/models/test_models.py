@@ -40,4 +40,4 @@ def test_train_from_pretrained_weights(tmp_path, digits_model):
     result = gpuvision.train(data="digits", out=str(tmp_path / "ft"), epochs=1, seed=1, eval_every=0,
                              pretrained=str(digits_model / "model.safetensors"))
     # One epoch from the trained digits weights already classifies well; from scratch it does not.
-    assert result.manifest["metrics"]["val_accuracy"] >= 0.9
+    assert result.manifest.metrics["val_accuracy"] >= 0.9

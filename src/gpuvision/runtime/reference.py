@@ -1,0 +1,35 @@
+"""Reference figures: what a model did on its test split, recorded in the manifest when it is made, so that
+serving can compare production traffic with them (accuracy, and the distributions of top-1 confidence and of
+image brightness, each a histogram over 20 equal bins of 0..1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BINS = 20
+
+
+def histogram(values: np.ndarray) -> list[int]:
+    """Counts over BINS equal bins of [0, 1] (1.0 falls in the last bin)."""
+    clipped = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.bincount(np.minimum((clipped * BINS).astype(np.int64), BINS - 1), minlength=BINS).tolist()
+
+
+def confidence(logits: torch.Tensor) -> np.ndarray:
+    """Top-1 softmax probability per row."""
+    return torch.softmax(logits.float(), dim=1).max(dim=1).values.numpy()
+
+
+def brightness(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Mean pixel value per image, in 0..1."""
+    array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+    return array.reshape(len(array), -1).mean(axis=1) / 255.0
+
+
+def reference_figures(logits: torch.Tensor, labels: np.ndarray, pixels: np.ndarray, split: str = "test") -> dict:
+    """Accuracy (no TTA) and the two histograms, for the manifest's `reference`."""
+    correct = int((logits.argmax(1).numpy() == np.asarray(labels)).sum())
+    return {"split": split, "n": len(labels), "accuracy": correct / max(len(labels), 1), "tta": False,
+            "bins": BINS, "confidence_histogram": histogram(confidence(logits)),
+            "brightness_histogram": histogram(brightness(pixels))}

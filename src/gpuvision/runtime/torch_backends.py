@@ -1,0 +1,74 @@
+"""The PyTorch backends: eager, and inductor (torch.compile with weight freezing), from a model directory's
+safetensors weights read through its verified `read`."""
+
+from __future__ import annotations
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from ..artifact import ModelDir
+from ..data.input_spec import InputSpec
+from ..device import autocast
+from ..errors import IntegrityError, Unsupported, require
+from ..models import create_model
+from .base import Runtime
+
+
+def build_network(model_dir: ModelDir) -> nn.Module:
+    """The eager fp32 network of a safetensors model directory, in eval mode on the CPU."""
+    m = model_dir.manifest
+    require(m.format == "safetensors", f"{model_dir.path} holds a {m.format} model; this needs a PyTorch "
+            "(safetensors) model directory", Unsupported)
+    try:
+        state = load_safetensors(model_dir.read(m.weights))
+    except SafetensorError as e:
+        raise IntegrityError(f"{model_dir.path}: {m.weights} is not a readable safetensors file ({e})") from e
+    try:
+        net = create_model(m.architecture["name"], **m.architecture["args"])
+        net.load_state_dict(state)
+    except (TypeError, RuntimeError, ValueError) as e:  # unknown arguments, or weights of another shape
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IntegrityError(f"{model_dir.path}: the weights do not fit the recorded architecture ({first})") from e
+    return net.eval()
+
+
+class EagerRuntime(Runtime):
+    """The network as it is, under autocast for bf16/fp16."""
+
+    backend = "eager"
+
+    def __init__(self, net: nn.Module, spec: InputSpec, classes: list[str], tta_level: int, device: torch.device,
+                 precision: str):
+        super().__init__(spec, classes, tta_level, device, precision)
+        self.channels_last = device.type != "mps"
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        self.net = net.to(device=device, memory_format=layout).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.net(x).float()
+
+    def pixel_model(self) -> nn.Module:
+        """A differentiable fp32 module from 0..255 float pixels (N x C x H x W) to logits, for attacks."""
+        return nn.Sequential(self.spec.module().to(self.device), self.net).eval()
+
+
+class InductorRuntime(EagerRuntime):
+    """torch.compile with inductor's freezing, which folds the weights in as constants (without it compiled bf16 is
+    no faster than eager fp32 on the CPU). Freezing is switched on only around this runtime's own calls; batches
+    are padded to power-of-two buckets, each compiled once (`warmup` compiles them ahead)."""
+
+    backend = "inductor"
+    pads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.compiled = torch.compile(self.net, dynamic=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True), autocast(self.device, self.precision):
+            return self.compiled(x).float()

@@ -1,0 +1,80 @@
+"""The run directory `train --out` writes: what it may be, the lock held while a run writes it, and the marker
+that tells a run in progress from a user's own directory.
+
+`--overwrite` replaces only a directory gpuvision wrote (a model directory, recognised by its manifest, or an
+unfinished run, recognised by the marker); an `--out` that is, contains or lies inside the data source is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from ..artifact import MANIFEST
+from ..errors import BadInput, UserError, require
+
+MARKER = ".gpuvision-run"  # present from the start of a run until its manifest is written
+
+
+def written_by_gpuvision(path: Path) -> bool:
+    return (path / MANIFEST).is_file() or (path / MARKER).is_file()
+
+
+def check_out(out: Path, data: str | None, overwrite: bool) -> None:
+    """Refuse an --out that would lose data, before anything is written."""
+    require(not out.is_file(), f"--out {out} is a file; give a directory", BadInput)
+    if data and data != "digits":
+        source, target = Path(data).resolve(), out.resolve()
+        require(not (target == source or target.is_relative_to(source) or source.is_relative_to(target)),
+                f"--out {out} is, contains or lies inside the data source {data}; choose another directory", BadInput)
+    if out.is_dir() and any(out.iterdir()):
+        require(overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it, or --resume", BadInput)
+        require(written_by_gpuvision(out), f"--out {out} is not a directory gpuvision wrote (no {MANIFEST} and no "
+                "run marker); --overwrite replaces only those: choose another --out", BadInput)
+
+
+class RunLock:
+    """An exclusive OS lock on the run directory for as long as a run writes it (released when the process ends,
+    however it ends): a second run into the same --out gets a clear error instead of mixing files."""
+
+    def __init__(self, out: Path):
+        self.out, self.fd, self.created = out, None, False
+
+    def acquire(self) -> None:
+        try:
+            self.created = not self.out.exists()
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.out, os.O_RDONLY)
+        except OSError as e:
+            raise UserError(f"--out {self.out}: cannot create or open it ({e.strerror}); choose a writable "
+                            "directory") from e
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            self.release()
+            raise UserError(f"--out {self.out} is in use by another gpuvision run; wait for it or choose another "
+                            "--out") from e
+
+    def release(self) -> None:
+        """Unlock; a directory this lock created and nothing was written into (a refused run) goes again."""
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+            if self.created and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()
+
+
+def start(out: Path) -> None:
+    """Empty a locked run directory for a new run (it was checked to be gpuvision's) and mark it as in progress."""
+    try:
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        (out / MARKER).write_text("a gpuvision training run writes this directory\n")
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from e
+
+
+def finish(out: Path) -> None:
+    (out / MARKER).unlink(missing_ok=True)

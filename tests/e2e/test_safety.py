@@ -1,0 +1,125 @@
+"""Nothing is lost and nothing unverified is trusted (issue 9, the training and model-directory cases): each case
+is a real command on a real directory, and each refusal is one line `error: ...` with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import make_tree
+
+import gpuvision
+from gpuvision.cli import main
+from gpuvision.errors import UserError
+from gpuvision.train.run_dir import MARKER, RunLock
+
+QUICK = ["--epochs", "1", "--device", "cpu", "--precision", "fp32", "--eval-every", "0"]
+
+
+def refused(capsys, *args) -> str:
+    """Run the CLI in this process; it must exit 2 with its last stderr line `error: ...` (progress lines may come
+    before it) and no traceback."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1] if err else ""
+    assert code == 2 and last.startswith("error:") and "Traceback" not in err, err
+    return last
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = make_tree(tmp_path / "data", per_class=8, size=(12, 12))
+    (root / "notes.txt").write_text("my notes")
+    return root
+
+
+def _snapshot(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_out_that_is_inside_or_contains_the_data_is_refused(capsys, tree, tmp_path):
+    before = _snapshot(tree)
+    for out in (tree, tree / "cat", tmp_path):
+        assert "data source" in refused(capsys, "train", "--data", tree, "--out", out, "--overwrite", *QUICK)
+    assert _snapshot(tree) == before
+
+
+def test_overwrite_replaces_only_what_gpuvision_wrote(capsys, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert "not a directory gpuvision wrote" in refused(capsys, "train", "--out", mine, "--overwrite", *QUICK)
+    assert "not a demo directory" in refused(capsys, "demo", "--out", mine)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in refused(capsys, "train", "--out", tmp_path / "file", *QUICK)
+    assert "cannot create" in refused(capsys, "train", "--out", "/proc/gpuvision-test", *QUICK)
+
+
+def test_a_second_run_into_a_locked_directory_gets_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        with pytest.raises(UserError, match="in use by another gpuvision run"):
+            gpuvision.train(data="digits", out=str(out), epochs=1, device="cpu", eval_every=0)
+    finally:
+        lock.release()
+
+
+def test_resume_refuses_a_changed_source_and_changed_settings(capsys, tree, tmp_path):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tree), "--out", str(out), "--epochs", "3", "--checkpoint-every", "1",
+                 "--device", "cpu"])
+    assert code == 0
+    # A finished run keeps no checkpoints: make it resumable the way a killed run would be.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not (out / "checkpoints").exists() and not (out / MARKER).exists()
+    interrupted = tmp_path / "interrupted"
+    gpuvision.train(data=str(tree), out=str(interrupted), epochs=3, checkpoint_every=1, device="cpu",
+                    keep_checkpoints=True)
+    (interrupted / "manifest.json").unlink()
+    assert "--epochs" in refused(capsys, "train", "--out", interrupted, "--resume", "--epochs", "5")
+    make_tree(tree, classes=("cat",), per_class=9, size=(12, 12))  # one more cat image
+    assert "changed since the run started" in refused(capsys, "train", "--out", interrupted, "--resume")
+    assert manifest["settings"]["data"] == str(tree.resolve())  # recorded absolute
+
+
+def test_a_damaged_checkpoint_on_resume_is_one_line(capsys, tmp_path):
+    out = tmp_path / "run"
+    gpuvision.train(data="digits", out=str(out), epochs=2, checkpoint_every=1, device="cpu", keep_checkpoints=True,
+                    model_args={"widths": [8, 8, 8]})
+    (out / "manifest.json").unlink()
+    (out / "checkpoints" / "epoch-0001" / "state.safetensors").write_bytes(b"\0" * 10)
+    assert "damaged" in refused(capsys, "train", "--out", out, "--resume")
+
+
+def test_divergence_fails_clearly_and_writes_no_model(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert "diverged" in refused(capsys, "train", "--out", out, "--lr", "1000000", "--epochs", "2",
+                                 "--checkpoint-every", "1", "--device", "cpu")
+    assert not (out / "manifest.json").exists()
+
+
+def test_bad_settings_and_bad_model_args_exit_2(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: ten\n")
+    assert "--epochs must be float" in refused(capsys, "train", "--config", config, "--out", tmp_path / "a")
+    config.write_text("model_args: {bogus: 1}\nepochs: 1\n")
+    assert "do not fit" in refused(capsys, "train", "--config", config, "--out", tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("manifest, words", [("[]", "JSON object"), ("null", "JSON object"), ("{", "not valid JSON")])
+def test_a_damaged_manifest_is_one_line_for_every_reader(capsys, digits_model, tmp_path, manifest, words):
+    copy = tmp_path / "m"
+    shutil.copytree(digits_model, copy)
+    (copy / "manifest.json").write_text(manifest)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(image)
+    for args in (["evaluate", copy], ["predict", copy, image], ["export", copy]):
+        assert words in refused(capsys, *args)
