@@ -83,6 +83,41 @@ def idx_folder(root: Path, n_train=30, n_test=10, compress=True) -> Path:
     return root
 
 
+# ---------------------------------------------------------------- crafted images
+
+
+def encoded(img: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def png16_bytes(values: np.ndarray) -> bytes:
+    """A 16-bit grey PNG of a uint16 array (Pillow opens it in mode "I;16")."""
+    return encoded(Image.fromarray(values.astype(np.uint16)), "PNG")
+
+
+def cmyk_jpeg_bytes(cmyk=(0, 255, 255, 0), size=(8, 8)) -> bytes:
+    """A CMYK JPEG of one colour (the default is red)."""
+    return encoded(Image.new("CMYK", size, cmyk), "JPEG", quality=95)
+
+
+def palette_png_bytes() -> bytes:
+    """An 8 x 8 palette PNG: red, with green at (0, 0) and blue at (0, 1); the palette has transparency bytes
+    (red transparent, green half), the kind Pillow warns about when converted straight to RGB."""
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)
+    img.putpixel((0, 0), 1)
+    img.putpixel((1, 0), 2)
+    return encoded(img, "PNG", transparency=b"\x00\x80\xff")
+
+
+def animated_bytes(fmt: str, colours=((255, 0, 0), (0, 0, 255)), size=(8, 8)) -> bytes:
+    """An animated GIF or PNG whose frames are the given solid colours."""
+    frames = [Image.new("RGB", size, c) for c in colours]
+    return encoded(frames[0], fmt, save_all=True, append_images=frames[1:])
+
+
 # ---------------------------------------------------------------- crafted archives
 
 

@@ -198,7 +198,7 @@ def _check_tar_end(archive: Path, tar: tarfile.TarFile, stream: BinaryIO) -> Non
 
 
 def _iter_zip(archive: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
-    budget, expanded, size = _Budget(archive), 0, archive.stat().st_size
+    budget, expanded, packed = _Budget(archive), 0, 0
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -211,10 +211,9 @@ def _iter_zip(archive: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[st
                     _refuse(archive, info.filename, "a device, fifo or socket")
                 if info.is_dir():
                     continue
-                # Declared sizes: each member's, and all so far against the file (overlapping members share bytes).
-                expanded += info.file_size
+                expanded, packed = expanded + info.file_size, packed + info.compress_size  # as declared
                 _check_ratio(archive, info.filename, info.file_size, info.compress_size)
-                _check_ratio(archive, info.filename, expanded, size)
+                _check_ratio(archive, info.filename, expanded, packed)
                 if not wanted(name):
                     yield name, None
                     continue

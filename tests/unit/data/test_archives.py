@@ -87,6 +87,21 @@ def test_zip_members_that_refuse_the_archive(tmp_path, entry, words):
     refusal(raw_zip(tmp_path / "bad.zip", [ZipEntry(n, d) for n, d in IMAGES] + [entry]), words)
 
 
+def test_members_that_are_not_images_are_never_read(tmp_path, monkeypatch):
+    # a zip member with a wrong CRC would fail if read; a tar member is never handed to extractfile
+    broken = ZipEntry("cat/readme.txt", b"hello")
+    path = raw_zip(tmp_path / "x.zip", [ZipEntry(n, d) for n, d in IMAGES] + [broken])
+    blob = path.read_bytes().replace(b"hello", b"jello")
+    path.write_bytes(blob)
+    assert len(load_images(str(path))) == 6
+    read = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or real(self, m))
+    tgz = write_tar(tmp_path / "x.tar.gz", IMAGES + [("cat/labels.csv", b"a,b\n" * 1000)])
+    assert [n for n, d in iter_members(tgz, lambda n: n.endswith(".png")) if d is None] == ["cat/labels.csv"]
+    assert read == [n for n, _ in IMAGES]
+
+
 @pytest.mark.parametrize("name", ["cat/big.png", "cat/zeros.bin"])
 def test_tar_gz_member_that_expands_like_a_bomb_is_refused(tmp_path, name):
     path = tar_gz_of_zeros(tmp_path / "bomb.tar.gz", name, 16, before=IMAGES)
