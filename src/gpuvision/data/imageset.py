@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from ..files import atomic_write
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+PARTS = ("", "train", "val", "test")  # given_part values; "" where the source has no parts
 
 
 @dataclass
@@ -23,7 +24,8 @@ class ImageSet:
     images: uint8 array N x C x H x W (C is 1 for grey, 3 for colour).
     labels: int64 array N, indices into `classes`.
     keys: a stable name per sample (relative path, or "<part>:<index>" for formats without paths).
-    given_test: bool array N, True for images the source itself marks as test (empty split: all False).
+    given_part: str array N, the part the source itself puts each image in: "train", "val", "test", or "" where
+        it has no parts (any sequence of those strings is accepted).
     fingerprint: a cheap hash of the source's content plus the decode settings.
     skipped: names of files that could not be decoded.
     native_sizes: how many images had each "HxW" size before resizing.
@@ -33,19 +35,33 @@ class ImageSet:
     labels: np.ndarray
     classes: list[str]
     keys: list[str]
-    given_test: np.ndarray
+    given_part: np.ndarray
     fingerprint: str
     name: str
     source: str
     skipped: list[str] = field(default_factory=list)
     native_sizes: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.given_part = np.asarray(self.given_part, dtype="<U5")
+
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
+    def given_test(self) -> np.ndarray:
+        """bool array N, True for images the source itself marks as test."""
+        return self.given_part == "test"
+
+    @property
     def has_given_test(self) -> bool:
         return bool(self.given_test.any())
+
+    @property
+    def layout(self) -> str:
+        """The parts the source gives, e.g. "train+val+test", or "flat" for a source without parts."""
+        present = set(np.unique(self.given_part)) - {""}
+        return "+".join(p for p in PARTS if p in present) or "flat"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -78,7 +94,7 @@ def load_cached(key: str) -> ImageSet | None:
     return ImageSet(
         images=arrays["images"],
         labels=arrays["labels"],
-        given_test=arrays["given_test"].astype(bool),
+        given_part=np.array(PARTS)[arrays["given_part"]],
         classes=meta["classes"],
         keys=meta["keys"],
         fingerprint=meta["fingerprint"],
@@ -97,7 +113,7 @@ def save_cached(key: str, images: ImageSet) -> None:
         arrays = {
             "images": np.ascontiguousarray(images.images),
             "labels": images.labels.astype(np.int64),
-            "given_test": images.given_test.astype(np.uint8),
+            "given_part": np.array([PARTS.index(p) for p in images.given_part], dtype=np.uint8),
         }
         names = ("classes", "keys", "fingerprint", "name", "source", "skipped", "native_sizes")
         meta = {k: getattr(images, k) for k in names}

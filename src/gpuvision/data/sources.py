@@ -2,7 +2,8 @@
 
 Kinds: `digits` (scikit-learn's bundled set), an ImageFolder tree as a directory or a .tar/.tar.gz/.tgz/.zip
 archive, the official CIFAR-10 python archive (or its extracted folder), and a folder of MNIST-style IDX files.
-A tree is `<class>/<image>`, optionally under `train/` and `test/`.
+A tree is `<class>/<image>`, or split into parts given as given: `train/<class>/<image>` beside `val/` (or `valid/`,
+`validation/`) and/or `test/`. Every image's key is its path in the tree; a key may not repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["conform", "decode_image", "load_images", "source_fingerprint"]  # de
 
 log = logging.getLogger(__name__)
 
+PART_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IDX_PARTS = {"train": "train", "t10k": "test"}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_FILES = {*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"}
@@ -80,6 +82,14 @@ def _check(images: ImageSet, src: str) -> None:
     empty = [c for c, n in counts.items() if n == 0]
     require(not empty, f"{src}: class folder(s) with no images: {', '.join(empty)}; remove them or add images")
     require(len(counts) >= 2, f"{src}: only one class ({images.classes[0]}); a classifier needs at least two")
+
+
+def _refuse_duplicates(names: list[str], src: Path) -> None:
+    """Two samples under one key would let evaluation score a trained image as a held-out one."""
+    seen = set()
+    for name in names:
+        require(name not in seen, f"{src}: {name!r} appears more than once; keep one (sample keys must be unique)")
+        seen.add(name)
 
 
 # ---------------------------------------------------------------- what the source is
@@ -137,9 +147,12 @@ def _fingerprint(kind: str, path: Path | None) -> str:
 # ---------------------------------------------------------------- ImageFolder trees (directory or archive)
 
 
+def _visible(name: str) -> bool:
+    return not any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
 def _is_image_name(name: str) -> bool:
-    hidden = any(part.startswith(".") for part in name.split("/"))
-    return not hidden and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+    return _visible(name) and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _read_folder(path: Path, image_size, channels, max_bytes: int) -> ImageSet:
@@ -168,20 +181,36 @@ def _strip_common_root(names: list[str]) -> str:
     return ""
 
 
+def _depth(names: list[str], path: Path) -> int:
+    """2 for <class>/<image>; 3 for <part>/<class>/<image>, where train/ and the other part folders are checked."""
+    tops = {n.split("/", 1)[0] for n in names if n.count("/") == 2}
+    if "train" not in tops:
+        return 2
+    unknown = sorted(tops - PART_FOLDERS.keys())
+    if unknown:
+        raise UserError(f"{path}: folder {unknown[0]!r} beside train/ is not a part; use train/, val/ (or valid/, "
+                        "validation/) and test/, and move the rest away")
+    vals = sorted(tops - {"train", "test"})
+    if len(vals) > 1:
+        raise UserError(f"{path}: both {vals[0]}/ and {vals[1]}/ hold images; keep one validation folder")
+    return 3
+
+
 def _image_tree(entries: list, dirs: set[str], path: Path, image_size, channels, max_bytes: int) -> ImageSet:
     entries = [(n, d) for n, d in entries if _is_image_name(n)]
     root = _strip_common_root([n for n, _ in entries])
     entries = [(n[len(root) :], d) for n, d in entries]
-    dirs = {d[len(root) :] for d in dirs if d.startswith(root) and d != root.rstrip("/")}
-    split_layout = any(n.startswith("train/") for n, _ in entries)
-    depth = 3 if split_layout else 2
+    dirs = {d[len(root) :] for d in dirs if d.startswith(root) and d != root.rstrip("/") and _visible(d)}
+    depth = _depth([n for n, _ in entries], path)
     images = [(n, d) for n, d in entries if n.count("/") == depth - 1]
     require(images, f"{path}: no images found; expected <class>/<image> (or train/<class>/<image>)")
+    _refuse_duplicates([n for n, _ in images], path)
     class_of = {n: n.split("/")[depth - 2] for n, _ in images}
-    classes = sorted(set(class_of.values()) | {d.split("/")[-1] for d in dirs if d.count("/") == depth - 2})
-    if split_layout:  # only folders under train/ and test/ are classes
-        classes = sorted({d.split("/")[1] for d in dirs if d.count("/") == 1 and d.split("/")[0] in ("train", "test")})
-        classes = sorted(set(classes) | set(class_of.values()))
+    if depth == 3:  # only folders inside the parts are classes
+        class_dirs = {d.split("/")[1] for d in dirs if d.count("/") == 1 and d.split("/")[0] in PART_FOLDERS}
+    else:
+        class_dirs = {d for d in dirs if "/" not in d}
+    classes = sorted(set(class_of.values()) | class_dirs)
     array, kept, native = decode_set([d for _, d in images], image_size, channels, max_bytes, str(path))
     names = [images[i][0] for i in kept]
     kept_set = set(kept)
@@ -191,7 +220,7 @@ def _image_tree(entries: list, dirs: set[str], path: Path, image_size, channels,
         labels=np.array([index[class_of[n]] for n in names], dtype=np.int64),
         classes=classes,
         keys=names,
-        given_test=np.array([n.startswith("test/") for n in names], dtype=bool),
+        given_part=[PART_FOLDERS[n.split("/", 1)[0]] if depth == 3 else "" for n in names],
         fingerprint="",
         name=_name(path),
         source="",
@@ -222,7 +251,7 @@ def _read_digits(_path, image_size, channels, max_bytes: int) -> ImageSet:
         labels=digits.target.astype(np.int64),
         classes=[str(c) for c in digits.target_names],
         keys=[f"digits:{i}" for i in range(n)],
-        given_test=np.zeros(n, dtype=bool),
+        given_part=np.full(n, ""),
         fingerprint="",
         name="digits",
         source="",
@@ -289,6 +318,7 @@ def _read_cifar_python(path: Path, image_size, channels, max_bytes: int) -> Imag
         files = {p.name: p.read_bytes() for p in path.iterdir() if p.name in CIFAR_FILES and p.is_file()}
     else:
         members = [(PurePosixPath(n).name, d) for n, d in iter_members(path, _is_cifar_file) if d is not None]
+        _refuse_duplicates([n for n, _ in members], path)
         files = dict(members)
     parts = [f"data_batch_{i}" for i in range(1, 6) if f"data_batch_{i}" in files] + ["test_batch"]
     require(all(p in files for p in parts), f"{path}: missing CIFAR-10 batches (need data_batch_1..5, test_batch)")
@@ -304,8 +334,8 @@ def _read_cifar_python(path: Path, image_size, channels, max_bytes: int) -> Imag
         images = conform(list(images.transpose(0, 2, 3, 1)), image_size, channels, max_bytes, str(path))
     return ImageSet(images=images, labels=np.concatenate([y for _, y in batches]), classes=list(classes),
                     keys=[f"{part}:{i}" for part, (_, y) in zip(parts, batches) for i in range(len(y))],
-                    given_test=np.concatenate([np.full(len(y), part == "test_batch") for part, (_, y) in
-                                               zip(parts, batches)]),
+                    given_part=[("test" if part == "test_batch" else "train") for part, (_, y) in zip(parts, batches)
+                                for _ in range(len(y))],
                     fingerprint="", name="cifar10", source="")
 
 
@@ -348,14 +378,14 @@ def _read_idx(path: Path, image_size, channels, max_bytes: int) -> ImageSet:
         images.append(x[:, None])
         labels.append(y)
         keys += [f"{part}:{i}" for i in range(len(y))]
-        given.append(np.full(len(y), split == "test"))
+        given += [split] * len(y)
     images = np.concatenate(images, out=allocate((len(keys), 1, *images[0].shape[2:]), max_bytes, str(path)))
     if image_size not in (None, images.shape[-2:]) or channels == 3:
         images = conform(list(images.transpose(0, 2, 3, 1)), image_size, channels, max_bytes, str(path))
     labels = np.concatenate(labels)
     values = np.unique(labels)
     return ImageSet(images=images, labels=np.searchsorted(values, labels).astype(np.int64),
-                    classes=[str(v) for v in values], keys=keys, given_test=np.concatenate(given), fingerprint="",
+                    classes=[str(v) for v in values], keys=keys, given_part=given, fingerprint="",
                     name=path.name, source="")
 
 

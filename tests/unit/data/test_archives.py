@@ -66,6 +66,16 @@ def test_cut_gzip_stream_and_bad_header_are_one_line(tmp_path):
     refusal(tmp_path / "later.tar", "end-of-archive")
 
 
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_duplicate_member_names_are_refused(tmp_path, kind):
+    members = IMAGES + [("cat/./0.png", image_bytes(99))]  # the same key once the name is normalised
+    if kind == "tar":
+        path = write_tar(tmp_path / "dup.tar", members)
+    else:
+        path = raw_zip(tmp_path / "dup.zip", [ZipEntry(n, d) for n, d in members])
+    refusal(path, "'cat/0.png' appears more than once")
+
+
 def test_non_utf8_member_names_are_refused(tmp_path):
     refusal(write_tar(tmp_path / "names.tar", IMAGES + [("cat/caf\udce9.png", image_bytes(5))]),
             "not UTF-8", "re-create the archive")

@@ -192,6 +192,25 @@ def test_non_utf8_names_in_a_folder_are_refused(tmp_path, name, shown):
     refusal(tmp_path, f"the name {shown!r} is not UTF-8", "rename it")
 
 
+def test_hidden_and_macos_folders_are_not_classes(tmp_path):
+    make_tree(tmp_path, per_class=2)
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat" / "._000.png").write_bytes(b"resource fork")
+    assert load_images(str(tmp_path)).classes == ["cat", "dog"]
+
+
+def test_cifar_archive_with_a_batch_twice_is_refused(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    cifar_python_archive(archive)
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, data in members + [members[0]]:
+            tar.addfile(m, io.BytesIO(data))
+    refusal(archive, "'data_batch_1' appears more than once")
+
+
 def test_damaged_or_oversized_idx_files_are_refused(tmp_path):
     root = idx_folder(tmp_path / "crc")
     path = root / "train-images-idx3-ubyte.gz"
