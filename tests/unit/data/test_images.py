@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from helpers import (
     animated_bytes,
     cmyk_jpeg_bytes,
+    encoded,
     image_bytes,
     make_tree,
     palette_png_bytes,
@@ -16,7 +18,9 @@ from helpers import (
     png_of_zeros,
     refusal,
 )
+from PIL import Image
 
+from gpuvision.data import images as decoding
 from gpuvision.data import limits, load_images
 from gpuvision.errors import UserError
 
@@ -67,6 +71,31 @@ def test_content_decides_the_format_and_bad_files_are_named(tmp_path):
     assert sorted(images.skipped) == ["cat/garbage.png", "dog/bomb.png", "dog/cut.jpg", "dog/cut.png"]
     message = refusal(tmp_path, "4 unreadable image(s)", "'dog/cut.png'", strict=True)
     assert "--strict" in message
+
+
+def test_worker_processes_decode_what_one_process_does(tmp_path, monkeypatch):
+    make_tree(tmp_path, per_class=6, size=(12, 12))
+    (tmp_path / "dog" / "big.jpg").write_bytes(image_bytes(1, (20, 16), fmt="JPEG"))
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    inline = load_images(str(tmp_path), image_size=10)
+    monkeypatch.setattr(decoding, "PARALLEL_MIN", 2)
+    monkeypatch.setenv("GPUVISION_CACHE", str(tmp_path.parent / "cache-parallel"))
+    parallel = load_images(str(tmp_path), image_size=10)
+    assert np.array_equal(parallel.images, inline.images) and parallel.keys == inline.keys
+    assert parallel.skipped == inline.skipped == ["dog/broken.png"]
+
+
+@pytest.mark.parametrize("mode,fmt,options", [
+    ("RGB", "PNG", {}), ("L", "PNG", {}), ("LA", "PNG", {}), ("RGBA", "PNG", {}), ("P", "PNG", {}), ("1", "PNG", {}),
+    ("I;16", "PNG", {}), ("RGB", "JPEG", {}), ("L", "JPEG", {}), ("CMYK", "JPEG", {}),
+    ("RGB", "JPEG", {"progressive": True}), ("RGB", "JPEG", {"exif": b"Exif\0\0" + bytes(3000)}),
+    ("RGB", "JPEG", {"icc_profile": bytes(70_000)}), ("RGB", "GIF", {}), ("RGB", "BMP", {}), ("L", "TIFF", {}),
+])
+def test_header_probe_agrees_with_pillow(mode, fmt, options):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).convert(mode)
+    blob = encoded(img, fmt, **options)
+    with Image.open(io.BytesIO(blob)) as opened:
+        assert decoding.probe_image(blob) == (30, 40, 1 if decoding._is_grey(opened.mode) else 3)
 
 
 def test_decoded_set_is_bounded_before_it_is_allocated(tmp_path, monkeypatch):
