@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -32,13 +33,15 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def _open(data: bytes | Path) -> Image.Image:
-    """The image with only its header read; a ValueError past MAX_IMAGE_PIXELS."""
-    img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-    if img.width * img.height > MAX_IMAGE_PIXELS:
-        img.close()
-        raise ValueError(f"{img.width} x {img.height} pixels")
-    return img
+@contextmanager
+def _opened(data: bytes | Path) -> Iterator[Image.Image]:
+    """The image with only its header read; past MAX_IMAGE_PIXELS a ValueError (Pillow's bomb warning an error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{img.width} x {img.height} pixels")
+            yield img
 
 
 def _is_grey(mode: str) -> bool:
@@ -55,10 +58,8 @@ def probe_image(data: bytes | Path) -> tuple[int, int, int] | None:
                 head = f.read(_HEAD)
         header = _png_or_jpeg_header(head)
         if header is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with _open(data) as img:
-                    header = img.height, img.width, 1 if _is_grey(img.mode) else 3
+            with _opened(data) as img:
+                header = img.height, img.width, 1 if _is_grey(img.mode) else 3
     except _UNREADABLE:
         return None
     return header if header[0] * header[1] <= MAX_IMAGE_PIXELS else None
@@ -88,10 +89,8 @@ def decode_image(data: bytes | Path, size: tuple[int, int] | None = None, channe
     size (H, W) and channels, where given, resize and convert it as `conform` does.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open(data) as img:
-                arr = _pixels(img)
+        with _opened(data) as img:
+            arr = _pixels(img)
     except _UNREADABLE:
         return None
     return fit(arr, size, channels)
