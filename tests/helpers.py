@@ -121,18 +121,15 @@ def animated_bytes(fmt: str, colours=((255, 0, 0), (0, 0, 255)), size=(8, 8)) ->
 # ---------------------------------------------------------------- crafted archives
 
 
-def tar_bytes(members: list) -> bytes:
-    """An uncompressed tar of members in order, with its end blocks. A member is (name, bytes), or a TarInfo (a
-    link, device, ...). Names may hold non-UTF-8 bytes as surrogates (as os.listdir gives them)."""
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed tar of (name, bytes) members in order, with its end blocks. Names may hold non-UTF-8 bytes
+    as surrogates (as os.listdir gives them); they are written as those bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tar:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                tar.addfile(member)
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                tar.addfile(info, io.BytesIO(member[1]))
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -151,8 +148,8 @@ def tar_cut_at_member(members: list, k: int) -> bytes:
 
 
 def gzip_with_bad_crc(data: bytes, flip_at: float | None = None) -> bytes:
-    """data gzipped with the CRC of other bytes: of data itself after flipping the byte at flip_at of it (then the
-    stream holds the flipped data), or of data with one byte flipped (then the stream holds data intact)."""
+    """A gzip stream whose CRC does not match its content. flip_at None: the content is data, intact, and the CRC
+    is wrong; flip_at 0.7: the byte at 70% of data is changed in the content, and the CRC is data's."""
     flipped = bytearray(data)
     flipped[int(len(data) * (flip_at or 0.5))] ^= 0xFF
     stored, checked = (bytes(flipped), data) if flip_at is not None else (data, bytes(flipped))
