@@ -179,7 +179,8 @@ def run_data(args) -> int:
     human = (f"{info['name']}: {info['images']} images, {len(info['classes'])} classes ({counts})\n"
              f"image shape (C, H, W): {info['image_shape']}; native sizes: {info['native_sizes']}\n"
              f"unreadable: {len(info['skipped'])} {info['skipped'][:10]}\n"
-             f"split sizes: {info['split_sizes']} (given test part: {info['given_test_split']})")
+             f"layout: {info['layout']}; split sizes: {info['split_sizes']} (val: {info['val_source']}, test: "
+             f"{info['test_source']})")
     _emit(info, args.json, human)
     return 0
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..files import atomic_write
 
-CACHE_VERSION = 1
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2
+PARTS = ("", "train", "val", "test")  # given_part values; "" where the source has no parts
 
 
 @dataclass
@@ -23,7 +28,8 @@ class ImageSet:
     images: uint8 array N x C x H x W (C is 1 for grey, 3 for colour).
     labels: int64 array N, indices into `classes`.
     keys: a stable name per sample (relative path, or "<part>:<index>" for formats without paths).
-    given_test: bool array N, True for images the source itself marks as test (empty split: all False).
+    given_part: str array N, the part the source itself puts each image in: "train", "val", "test", or "" where
+        it has no parts (any sequence of those strings is accepted).
     fingerprint: a cheap hash of the source's content plus the decode settings.
     skipped: names of files that could not be decoded.
     native_sizes: how many images had each "HxW" size before resizing.
@@ -33,19 +39,33 @@ class ImageSet:
     labels: np.ndarray
     classes: list[str]
     keys: list[str]
-    given_test: np.ndarray
+    given_part: np.ndarray
     fingerprint: str
     name: str
     source: str
     skipped: list[str] = field(default_factory=list)
     native_sizes: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.given_part = np.asarray(self.given_part, dtype="<U5")
+
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
+    def given_test(self) -> np.ndarray:
+        """bool array N, True for images the source itself marks as test."""
+        return self.given_part == "test"
+
+    @property
     def has_given_test(self) -> bool:
         return bool(self.given_test.any())
+
+    @property
+    def layout(self) -> str:
+        """The parts the source gives, e.g. "train+val+test", or "flat" for a source without parts."""
+        present = set(np.unique(self.given_part)) - {""}
+        return "+".join(p for p in PARTS if p in present) or "flat"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -68,25 +88,51 @@ def cache_key(fingerprint: str, settings: dict) -> str:
 
 
 def load_cached(key: str) -> ImageSet | None:
-    """The cached ImageSet for key, or None. Arrays are safetensors and metadata JSON: nothing is unpickled."""
+    """The cached ImageSet for key, or None. Arrays are safetensors and metadata JSON: nothing is unpickled.
+
+    An entry that cannot be read or fails validation (truncated, edited, from a bug) is logged and ignored, so
+    the source is decoded again and the entry overwritten, instead of breaking every later command.
+    """
     base = cache_dir() / key
     meta_path, arrays_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
     if not (meta_path.exists() and arrays_path.exists()):
         return None
-    meta = json.loads(meta_path.read_text())
-    arrays = load_file(arrays_path)
-    return ImageSet(
-        images=arrays["images"],
-        labels=arrays["labels"],
-        given_test=arrays["given_test"].astype(bool),
-        classes=meta["classes"],
-        keys=meta["keys"],
-        fingerprint=meta["fingerprint"],
-        name=meta["name"],
-        source=meta["source"],
-        skipped=meta["skipped"],
-        native_sizes=meta["native_sizes"],
-    )
+    try:
+        return _validated(json.loads(meta_path.read_text()), load_file(arrays_path))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        log.warning("ignoring the damaged cache entry %s (%s); decoding again", arrays_path, e)
+        return None
+
+
+def _validated(meta: dict, arrays: dict) -> ImageSet:
+    """An ImageSet from a cache entry, or ValueError/KeyError/TypeError where a value has the wrong type or range."""
+    images, labels, parts = arrays["images"], arrays["labels"], arrays["given_part"]
+    classes, keys, sizes = meta["classes"], meta["keys"], meta["native_sizes"]
+    n = len(labels)
+    checks = {
+        "images": images.dtype == np.uint8 and images.ndim == 4 and len(images) == n and images.shape[1] in (1, 3),
+        "labels": labels.dtype == np.int64 and labels.ndim == 1 and _within(labels, len(classes)),
+        "given_part": parts.dtype == np.uint8 and parts.shape == (n,) and _within(parts, len(PARTS)),
+        "classes": _strings(classes),
+        "keys": _strings(keys) and len(keys) == n,
+        "skipped": _strings(meta["skipped"]),
+        "native_sizes": isinstance(sizes, dict) and all(isinstance(v, int) and v >= 0 for v in sizes.values()),
+        "names": all(isinstance(meta[k], str) for k in ("fingerprint", "name", "source")),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"bad {', '.join(bad)}")
+    return ImageSet(images=images, labels=labels, classes=classes, keys=keys, given_part=np.array(PARTS)[parts],
+                    fingerprint=meta["fingerprint"], name=meta["name"], source=meta["source"],
+                    skipped=meta["skipped"], native_sizes=sizes)
+
+
+def _within(a: np.ndarray, end: int) -> bool:
+    return len(a) == 0 or (int(a.min()) >= 0 and int(a.max()) < end)
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def save_cached(key: str, images: ImageSet) -> None:
@@ -97,7 +143,7 @@ def save_cached(key: str, images: ImageSet) -> None:
         arrays = {
             "images": np.ascontiguousarray(images.images),
             "labels": images.labels.astype(np.int64),
-            "given_test": images.given_test.astype(np.uint8),
+            "given_part": np.array([PARTS.index(p) for p in images.given_part], dtype=np.uint8),
         }
         names = ("classes", "keys", "fingerprint", "name", "source", "skipped", "native_sizes")
         meta = {k: getattr(images, k) for k in names}

@@ -7,6 +7,7 @@ from .split import make_split
 
 
 def inspect_source(src: str, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> dict:
+    """The facts `data inspect` prints; `layout` is the parts the source gives (e.g. "train+val", or "flat")."""
     images = load_images(src)
     split = make_split(images, val_fraction, test_fraction, seed)
     return {
@@ -20,6 +21,9 @@ def inspect_source(src: str, val_fraction: float = 0.1, test_fraction: float = 0
         "image_shape": list(images.image_shape),
         "native_sizes": images.native_sizes,
         "given_test_split": images.has_given_test,
+        "layout": images.layout,
         "skipped": images.skipped,
         "split_sizes": split.sizes(),
+        "val_source": split.val_source,
+        "test_source": split.test_source,
     }

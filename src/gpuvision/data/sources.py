@@ -1,36 +1,36 @@
 """One reader per source kind, each returning an ImageSet; decoded images are cached by source fingerprint.
 
-Kinds: `digits` (scikit-learn's bundled set), an ImageFolder tree (`<class>/<image>`, optionally under `train/`
-and `test/`) as a directory or a .tar/.tar.gz/.tgz/.zip archive, the official CIFAR-10 python archive (or its
-extracted folder), and a folder of MNIST-style IDX files.
+Kinds: `digits` (scikit-learn's bundled set), an ImageFolder tree as a directory or a .tar/.tar.gz/.tgz/.zip
+archive, the official CIFAR-10 python archive (or its extracted folder), and a folder of MNIST-style IDX files.
+A tree is `<class>/<image>`, or split into parts given as given: `train/<class>/<image>` beside `val/` (or `valid/`,
+`validation/`) and/or `test/`. Every image's key is its path in the tree; a key may not repeat.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import logging
-import os
 import pickletools
-import warnings
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from ..errors import UserError, require
+from .images import IMAGE_SUFFIXES, conform, decode_image, decode_set
 from .imageset import ImageSet, cache_key, load_cached, save_cached
+from .limits import allocate, env_bytes, parse_bytes
 from .safe_archive import is_archive, iter_members
+
+__all__ = ["conform", "decode_image", "load_images", "source_fingerprint"]  # decoding lives in images.py
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a larger image is a decompression bomb here, not a training example
+PART_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IDX_PARTS = {"train": "train", "t10k": "test"}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_FILES = {*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"}
 
 
 def load_images(
@@ -42,25 +42,29 @@ def load_images(
     image_size: resize every image to this size (an int is square); None keeps the most common size.
     channels: 1 or 3 to force grey or colour; None picks colour if any image is colour.
     strict: a corrupt image is an error instead of being skipped and reported.
+    max_decoded_bytes: refuse to decode a set larger than this (N x C x H x W bytes); None reads
+        GPUVISION_MAX_DECODED_BYTES (bytes, or a number with K, M, G or T), default 8 GiB.
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     require(image_size is None or all(1 <= s <= 4096 for s in image_size), f"image size must be 1..4096: {image_size}")
     require(channels in (None, 1, 3), f"channels must be 1 or 3, got {channels}")
+    bound = env_bytes("GPUVISION_MAX_DECODED_BYTES") if max_decoded_bytes is None else \
+        parse_bytes(max_decoded_bytes, "--max-decoded-bytes")
     kind, path = _source_kind(src)
     fingerprint = _fingerprint(kind, path)
     settings = {"image_size": list(image_size) if image_size else None, "channels": channels, "kind": kind}
     key = cache_key(fingerprint, settings)
     images = load_cached(key)
     if images is None:
-        images = _READERS[kind](path, image_size, channels)
+        images = _READERS[kind](path, image_size, channels, bound)
         images.fingerprint, images.source = fingerprint, src if kind == "digits" else str(path.resolve())
         if not images.native_sizes:
             images.native_sizes = {f"{images.images.shape[2]}x{images.images.shape[3]}": len(images)}
         _check(images, src)
         save_cached(key, images)
     if images.skipped:
-        names = ", ".join(images.skipped[:5]) + (" ..." if len(images.skipped) > 5 else "")
+        names = ", ".join(repr(n) for n in images.skipped[:5]) + (" ..." if len(images.skipped) > 5 else "")
         require(not strict, f"{src}: {len(images.skipped)} unreadable image(s): {names} (--strict refuses them)")
         log.warning("skipped %d unreadable image(s): %s", len(images.skipped), names)
     return images
@@ -78,6 +82,14 @@ def _check(images: ImageSet, src: str) -> None:
     empty = [c for c, n in counts.items() if n == 0]
     require(not empty, f"{src}: class folder(s) with no images: {', '.join(empty)}; remove them or add images")
     require(len(counts) >= 2, f"{src}: only one class ({images.classes[0]}); a classifier needs at least two")
+
+
+def _refuse_duplicates(names: list[str], src: Path) -> None:
+    """Two samples under one key would let evaluation score a trained image as a held-out one."""
+    seen = set()
+    for name in names:
+        require(name not in seen, f"{src}: {name!r} appears more than once; keep one (sample keys must be unique)")
+        seen.add(name)
 
 
 # ---------------------------------------------------------------- what the source is
@@ -102,6 +114,18 @@ def _source_kind(src: str) -> tuple[str, Path | None]:
     return "archive", path
 
 
+def _walk(path: Path) -> list[Path]:
+    """Everything under a folder, sorted; a name that is not UTF-8 is refused (a key must survive JSON)."""
+    found = sorted(path.rglob("*"))
+    for p in found:
+        rel = p.relative_to(path).as_posix()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # os.listdir decodes other bytes with surrogateescape
+            raise UserError(f"{path}: the name {rel!r} is not UTF-8; rename it (e.g. with convmv)") from None
+    return found
+
+
 def _fingerprint(kind: str, path: Path | None) -> str:
     digest = hashlib.sha256(kind.encode())
     if kind == "digits":
@@ -109,7 +133,7 @@ def _fingerprint(kind: str, path: Path | None) -> str:
 
         digest.update(f"sklearn-digits-{sklearn.__version__}".encode())
     elif path.is_dir():  # cheap: names, sizes and modification times, not contents
-        for p in sorted(path.rglob("*")):
+        for p in _walk(path):
             if p.is_file():
                 st = p.stat()
                 digest.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -120,75 +144,31 @@ def _fingerprint(kind: str, path: Path | None) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------- decoding
-
-
-def decode_image(data: bytes | Path) -> np.ndarray | None:
-    """One image as H x W x C uint8 (C = 1 grey, 3 colour), or None if it is not a readable image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    return None
-                grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
-                arr = np.asarray(img.convert("L" if grey else "RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return None
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _decode_chunk(items: list) -> list:
-    return [decode_image(x) for x in items]
-
-
-def decode_many(items: list[bytes | Path]) -> list[np.ndarray | None]:
-    """Decode images in parallel over the CPU's cores (inline for small sets, where processes cost more)."""
-    workers = min(os.cpu_count() or 1, 16)
-    if len(items) < 2000 or workers == 1:
-        return _decode_chunk(items)
-    size = -(-len(items) // (workers * 4))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ProcessPoolExecutor(workers) as pool:
-        return [arr for chunk in pool.map(_decode_chunk, chunks) for arr in chunk]
-
-
-def conform(arrays: list[np.ndarray], image_size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """Stack H x W x C images into N x C x H x W uint8, resizing to image_size (or the most common size)."""
-    if image_size:
-        size = tuple(image_size)
-    else:
-        size = Counter(a.shape[:2] for a in arrays).most_common(1)[0][0]
-    if channels is None:
-        channels = 3 if any(a.shape[2] == 3 for a in arrays) else 1
-    out = np.empty((len(arrays), channels, *size), dtype=np.uint8)
-    for i, a in enumerate(arrays):
-        if a.shape[:2] != size:
-            img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-            a = np.asarray(img.resize((size[1], size[0]), Image.BILINEAR))
-            a = a[:, :, None] if a.ndim == 2 else a
-        if a.shape[2] != channels:
-            a = np.repeat(a, 3, axis=2) if channels == 3 else np.asarray(Image.fromarray(a).convert("L"))[:, :, None]
-        out[i] = a.transpose(2, 0, 1)
-    return out
-
-
 # ---------------------------------------------------------------- ImageFolder trees (directory or archive)
 
 
-def _read_folder(path: Path, image_size, channels) -> ImageSet:
-    files = [p for p in sorted(path.rglob("*")) if p.is_file()]
-    entries = [(p.relative_to(path).as_posix(), p) for p in files]
-    class_dirs = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_dir()}
-    return _image_tree(entries, class_dirs, path, image_size, channels)
+def _visible(name: str) -> bool:
+    return not any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
 
 
-def _read_archive(path: Path, image_size, channels) -> ImageSet:
+def _is_image_name(name: str) -> bool:
+    return _visible(name) and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_folder(path: Path, image_size, channels, max_bytes: int) -> ImageSet:
+    found = _walk(path)
+    entries = [(p.relative_to(path).as_posix(), p) for p in found if p.is_file()]
+    dirs = {p.relative_to(path).as_posix() for p in found if p.is_dir()}
+    return _image_tree(entries, dirs, path, image_size, channels, max_bytes)
+
+
+def _read_archive(path: Path, image_size, channels, max_bytes: int) -> ImageSet:
     entries, dirs = [], set()
-    for name, data in iter_members(path):
-        entries.append((name, data))
+    for name, data in iter_members(path, wanted=_is_image_name):  # other members' bytes are never read
+        if data is not None:
+            entries.append((name, data))
         dirs.update(str(parent) for parent in PurePosixPath(name).parents if str(parent) != ".")
-    return _image_tree(entries, dirs, path, image_size, channels)
+    return _image_tree(entries, dirs, path, image_size, channels, max_bytes)
 
 
 def _strip_common_root(names: list[str]) -> str:
@@ -201,37 +181,51 @@ def _strip_common_root(names: list[str]) -> str:
     return ""
 
 
-def _image_tree(entries: list, dirs: set[str], path: Path, image_size, channels) -> ImageSet:
-    entries = [(n, d) for n, d in entries if not any(part.startswith(".") for part in n.split("/"))]
+def _depth(names: list[str], path: Path) -> int:
+    """2 for <class>/<image>; 3 for <part>/<class>/<image>, where train/ and the other part folders are checked."""
+    tops = {n.split("/", 1)[0] for n in names if n.count("/") == 2}
+    if "train" not in tops:
+        return 2
+    unknown = sorted(tops - PART_FOLDERS.keys())
+    if unknown:
+        raise UserError(f"{path}: folder {unknown[0]!r} beside train/ is not a part; use train/, val/ (or valid/, "
+                        "validation/) and test/, and move the rest away")
+    vals = sorted(tops - {"train", "test"})
+    if len(vals) > 1:
+        raise UserError(f"{path}: both {vals[0]}/ and {vals[1]}/ hold images; keep one validation folder")
+    return 3
+
+
+def _image_tree(entries: list, dirs: set[str], path: Path, image_size, channels, max_bytes: int) -> ImageSet:
+    entries = [(n, d) for n, d in entries if _is_image_name(n)]
     root = _strip_common_root([n for n, _ in entries])
-    entries = [(n[len(root) :], d) for n, d in entries if n.startswith(root)]
-    dirs = {d[len(root) :] for d in dirs if d.startswith(root) and d != root.rstrip("/")}
-    split_layout = any(n.startswith("train/") for n, _ in entries)
-    depth = 3 if split_layout else 2
-    images = [(n, d) for n, d in entries
-              if n.count("/") == depth - 1 and PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    entries = [(n[len(root) :], d) for n, d in entries]
+    dirs = {d[len(root) :] for d in dirs if d.startswith(root) and d != root.rstrip("/") and _visible(d)}
+    depth = _depth([n for n, _ in entries], path)
+    images = [(n, d) for n, d in entries if n.count("/") == depth - 1]
     require(images, f"{path}: no images found; expected <class>/<image> (or train/<class>/<image>)")
+    _refuse_duplicates([n for n, _ in images], path)
     class_of = {n: n.split("/")[depth - 2] for n, _ in images}
-    classes = sorted(set(class_of.values()) | {d.split("/")[-1] for d in dirs if d.count("/") == depth - 2})
-    if split_layout:  # only folders under train/ and test/ are classes
-        classes = sorted({d.split("/")[1] for d in dirs if d.count("/") == 1 and d.split("/")[0] in ("train", "test")})
-        classes = sorted(set(classes) | set(class_of.values()))
-    decoded = decode_many([d for _, d in images])
-    kept = [(n, a) for (n, _), a in zip(images, decoded) if a is not None]
-    skipped = [n for (n, _), a in zip(images, decoded) if a is None]
+    if depth == 3:  # only folders inside the parts are classes
+        class_dirs = {d.split("/")[1] for d in dirs if d.count("/") == 1 and d.split("/")[0] in PART_FOLDERS}
+    else:
+        class_dirs = {d for d in dirs if "/" not in d}
+    classes = sorted(set(class_of.values()) | class_dirs)
+    array, kept, native = decode_set([d for _, d in images], image_size, channels, max_bytes, str(path))
+    names = [images[i][0] for i in kept]
+    kept_set = set(kept)
     index = {c: i for i, c in enumerate(classes)}
-    names = [n for n, _ in kept]
     return ImageSet(
-        images=conform([a for _, a in kept], image_size, channels) if kept else np.zeros((0, 1, 1, 1), np.uint8),
+        images=array,
         labels=np.array([index[class_of[n]] for n in names], dtype=np.int64),
         classes=classes,
         keys=names,
-        given_test=np.array([n.startswith("test/") for n in names], dtype=bool),
+        given_part=[PART_FOLDERS[n.split("/", 1)[0]] if depth == 3 else "" for n in names],
         fingerprint="",
         name=_name(path),
         source="",
-        skipped=skipped,
-        native_sizes={f"{h}x{w}": n for (h, w), n in Counter(a.shape[:2] for _, a in kept).items()},
+        skipped=[n for i, (n, _) in enumerate(images) if i not in kept_set],
+        native_sizes=native,
     )
 
 
@@ -246,18 +240,18 @@ def _name(path: Path) -> str:
 # ---------------------------------------------------------------- digits
 
 
-def _read_digits(_path, image_size, channels) -> ImageSet:
+def _read_digits(_path, image_size, channels, max_bytes: int) -> ImageSet:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]  # 0..16 -> 0..255
     n = len(grey)
     return ImageSet(
-        images=conform(list(grey), image_size, channels),
+        images=conform(list(grey), image_size, channels, max_bytes, "digits"),
         labels=digits.target.astype(np.int64),
         classes=[str(c) for c in digits.target_names],
         keys=[f"digits:{i}" for i in range(n)],
-        given_test=np.zeros(n, dtype=bool),
+        given_part=np.full(n, ""),
         fingerprint="",
         name="digits",
         source="",
@@ -315,11 +309,17 @@ def _cifar_batch(blob: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _read_cifar_python(path: Path, image_size, channels) -> ImageSet:
+def _is_cifar_file(name: str) -> bool:
+    return PurePosixPath(name).name in CIFAR_FILES
+
+
+def _read_cifar_python(path: Path, image_size, channels, max_bytes: int) -> ImageSet:
     if path.is_dir():
-        files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+        files = {p.name: p.read_bytes() for p in path.iterdir() if p.name in CIFAR_FILES and p.is_file()}
     else:
-        files = {PurePosixPath(n).name: d for n, d in iter_members(path)}
+        members = [(PurePosixPath(n).name, d) for n, d in iter_members(path, _is_cifar_file) if d is not None]
+        _refuse_duplicates([n for n, _ in members], path)
+        files = dict(members)
     parts = [f"data_batch_{i}" for i in range(1, 6) if f"data_batch_{i}" in files] + ["test_batch"]
     require(all(p in files for p in parts), f"{path}: missing CIFAR-10 batches (need data_batch_1..5, test_batch)")
     classes = CIFAR10_CLASSES
@@ -327,33 +327,35 @@ def _read_cifar_python(path: Path, image_size, channels) -> ImageSet:
         names = _pickle_fields(files["batches.meta"], str(path)).get("label_names", [])
         names = [n.decode() if isinstance(n, bytes) else n for n in names if isinstance(n, str | bytes)]
         classes = names or classes
-    images, labels, keys, test = [], [], [], []
-    for part in parts:
-        x, y = _cifar_batch(files[part], f"{path}:{part}")
-        images.append(x)
-        labels.append(y)
-        keys += [f"{part}:{i}" for i in range(len(y))]
-        test.append(np.full(len(y), part == "test_batch"))
-    images = np.concatenate(images)
+    batches = [_cifar_batch(files[part], f"{path}:{part}") for part in parts]
+    images = np.concatenate([x for x, _ in batches], out=allocate((sum(len(y) for _, y in batches), 3, 32, 32),
+                                                                   max_bytes, str(path)))
     if image_size not in (None, (32, 32)) or channels == 1:
-        images = conform(list(images.transpose(0, 2, 3, 1)), image_size, channels)
-    return ImageSet(images=np.ascontiguousarray(images), labels=np.concatenate(labels), classes=list(classes),
-                    keys=keys, given_test=np.concatenate(test), fingerprint="", name="cifar10", source="")
+        images = conform(list(images.transpose(0, 2, 3, 1)), image_size, channels, max_bytes, str(path))
+    return ImageSet(images=images, labels=np.concatenate([y for _, y in batches]), classes=list(classes),
+                    keys=[f"{part}:{i}" for part, (_, y) in zip(parts, batches) for i in range(len(y))],
+                    given_part=[("test" if part == "test_batch" else "train") for part, (_, y) in zip(parts, batches)
+                                for _ in range(len(y))],
+                    fingerprint="", name="cifar10", source="")
 
 
 # ---------------------------------------------------------------- MNIST-style IDX files
 
 
-def _read_idx_file(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    require(len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] == 0x08, f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = raw[4 + 4 * ndim :]
-    require(len(body) == int(np.prod(dims)), f"{path}: IDX size does not match its header {dims}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+def _read_idx_file(path: Path, max_bytes: int) -> np.ndarray:
+    """An IDX array, its size checked before it is read, and a .gz read to its end (where gzip checks its CRC)."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(4)
+            is_idx = len(head) == 4 and head[:3] == b"\0\0\x08" and head[3] > 0
+            require(is_idx, f"{path}: not an unsigned-byte IDX file")
+            dims = tuple(int.from_bytes(f.read(4), "big") for _ in range(head[3]))
+            out = allocate(dims, max_bytes, str(path))
+            complete = f.readinto(out.data) == out.size and not f.read(1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: not a readable IDX file ({e}); copy or download it again") from e
+    require(complete, f"{path}: IDX size does not match its header {list(dims)}")
+    return out
 
 
 def _find_idx(path: Path, stem: str) -> Path | None:
@@ -363,26 +365,27 @@ def _find_idx(path: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_idx(path: Path, image_size, channels) -> ImageSet:
-    images, labels, keys, test = [], [], [], []
+def _read_idx(path: Path, image_size, channels, max_bytes: int) -> ImageSet:
+    images, labels, keys, given = [], [], [], []
     for part, split in IDX_PARTS.items():
         img_file, lab_file = _find_idx(path, f"{part}-images-idx3-ubyte"), _find_idx(path, f"{part}-labels-idx1-ubyte")
         if img_file is None:
             continue
         require(lab_file is not None, f"{path}: {img_file.name} has no matching {part}-labels-idx1-ubyte file")
-        x, y = _read_idx_file(img_file), _read_idx_file(lab_file).astype(np.int64)
+        x, y = _read_idx_file(img_file, max_bytes), _read_idx_file(lab_file, max_bytes).astype(np.int64)
         require(x.ndim == 3 and len(x) == len(y), f"{path}: {part} images and labels do not match")
+        require(not images or x.shape[1:] == images[0].shape[2:], f"{path}: train and test images differ in size")
         images.append(x[:, None])
         labels.append(y)
         keys += [f"{part}:{i}" for i in range(len(y))]
-        test.append(np.full(len(y), split == "test"))
-    images = np.concatenate(images)
+        given += [split] * len(y)
+    images = np.concatenate(images, out=allocate((len(keys), 1, *images[0].shape[2:]), max_bytes, str(path)))
     if image_size not in (None, images.shape[-2:]) or channels == 3:
-        images = conform(list(images.transpose(0, 2, 3, 1)), image_size, channels)
+        images = conform(list(images.transpose(0, 2, 3, 1)), image_size, channels, max_bytes, str(path))
     labels = np.concatenate(labels)
     values = np.unique(labels)
-    return ImageSet(images=np.ascontiguousarray(images), labels=np.searchsorted(values, labels).astype(np.int64),
-                    classes=[str(v) for v in values], keys=keys, given_test=np.concatenate(test), fingerprint="",
+    return ImageSet(images=images, labels=np.searchsorted(values, labels).astype(np.int64),
+                    classes=[str(v) for v in values], keys=keys, given_part=given, fingerprint="",
                     name=path.name, source="")
 
 

@@ -15,13 +15,17 @@ from .imageset import ImageSet
 
 @dataclass
 class Split:
-    """Index arrays into an ImageSet for each part; val may be empty (--val-fraction 0)."""
+    """Index arrays into an ImageSet for each part; val may be empty (--val-fraction 0).
+
+    val_source, test_source: where each part came from: "carved" (drawn at random from the training images),
+    "given:val" or "given:test" (the source's own val/ or test/ part; without test/, val/ is both val and test).
+    """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-    val_source: str = "carved"  # carved from the training part, or given:val
-    test_source: str = "carved"  # carved, given:test, or given:val
+    val_source: str = "carved"
+    test_source: str = "carved"
 
     def part(self, name: str) -> np.ndarray:
         require(name in ("train", "val", "test"), f"unknown split {name!r}; use train, val, test or all")
@@ -58,18 +62,43 @@ def stratified_sample(labels: np.ndarray, indices: np.ndarray, n: int, seed: int
 
 
 def make_split(images: ImageSet, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """Stratified split; a source's own test part is used as the test split, and val is carved from train."""
+    """Stratified split that takes the source's own parts as given and carves only what it lacks.
+
+    A given test/ part is the test split; a given val/ part is the val split, and the test split too when there is
+    no test/; otherwise test_fraction, then val_fraction, of each class's training images are drawn at random.
+    """
     require(0 <= val_fraction < 1, f"--val-fraction must be in [0, 1), got {val_fraction}")
     require(0 < test_fraction < 1, f"--test-fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
-    everything = np.arange(len(images))
-    if images.has_given_test:
-        train, test = everything[~images.given_test], everything[images.given_test]
+    part = images.given_part
+    train = np.flatnonzero((part == "") | (part == "train"))
+    given_val, given_test = np.flatnonzero(part == "val"), np.flatnonzero(part == "test")
+    if len(given_test):
+        test, test_source = given_test, "given:test"
+    elif len(given_val):
+        test, test_source = given_val, "given:val"
     else:
-        train, test = _stratified_take(everything, images.labels, test_fraction, rng)
-    train, val = _stratified_take(train, images.labels, val_fraction, rng)
+        train, test = _stratified_take(train, images.labels, test_fraction, rng)
+        test_source = "carved"
+    if len(given_val):
+        val, val_source = given_val, "given:val"
+    else:
+        train, val = _stratified_take(train, images.labels, val_fraction, rng)
+        val_source = "carved"
     require(len(train) > 0 and len(test) > 0, "too few images to split into train and test; add images")
-    return Split(train=train, val=val, test=test, test_source="given:test" if images.has_given_test else "carved")
+    split = Split(train=train, val=val, test=test, val_source=val_source, test_source=test_source)
+    _assert_disjoint(images, split)
+    return split
+
+
+def _assert_disjoint(images: ImageSet, split: Split) -> None:
+    """Training keys never reach val or test (nor val test, unless val/ is deliberately both): a bug otherwise."""
+    keys = [{images.keys[i] for i in split.part(p)} for p in ("train", "val", "test")]
+    shared = keys[0] & (keys[1] | keys[2])
+    if split.test_source != "given:val":
+        shared |= keys[1] & keys[2]
+    if shared:
+        raise AssertionError(f"split parts share sample keys, e.g. {sorted(shared)[0]!r}")
 
 
 def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
@@ -82,13 +111,9 @@ def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
     })
 
 
-def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
-    """The saved split (a file, its bytes, or its parsed JSON) as indices into images; a changed source is a
-    UserError, never a different test set."""
-    if isinstance(saved, Path):
-        saved = saved.read_bytes()
-    if isinstance(saved, bytes):
-        saved = json.loads(saved)
+def load_split(path: Path, images: ImageSet) -> Split:
+    """The saved split as indices into images; a changed source is a UserError, never a different test set."""
+    saved = json.loads(Path(path).read_text())
     if saved["source_fingerprint"] != images.fingerprint:
         raise UserError(
             f"{images.source} changed since the model was trained, so its recorded split no longer exists; "
@@ -99,4 +124,10 @@ def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
         parts = {p: np.array([index[k] for k in saved[p]], dtype=np.int64) for p in ("train", "val", "test")}
     except KeyError as e:
         raise UserError(f"{images.source}: sample {e} of the recorded split is missing; use --split all") from e
-    return Split(**parts)
+    return Split(**parts, val_source=_source_of(images, parts["val"]), test_source=_source_of(images, parts["test"]))
+
+
+def _source_of(images: ImageSet, indices: np.ndarray) -> str:
+    """Where a recorded part came from: given when every image in it is in one given val/ or test/ part."""
+    given = set(images.given_part[indices])
+    return f"given:{given.pop()}" if len(given) == 1 and given <= {"val", "test"} else "carved"

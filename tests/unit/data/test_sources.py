@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import tarfile
@@ -9,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import cifar_python_archive, idx_folder, image_bytes, make_tree, tar_of
+from helpers import cifar_python_archive, gzip_with_bad_crc, idx_folder, image_bytes, make_tree, refusal, tar_of
 
 from gpuvision.data import load_images
 from gpuvision.errors import UserError
@@ -92,6 +93,9 @@ def _tar_with(path, name, kind=tarfile.REGTYPE, data=b"x", linkname=""):
     ("b/link.png", tarfile.SYMTYPE, "/etc/passwd"),
     ("b/hard.png", tarfile.LNKTYPE, "a/0.png"),
     ("b/dev", tarfile.CHRTYPE, ""),
+    ("b/blk", tarfile.BLKTYPE, ""),
+    ("b/fifo", tarfile.FIFOTYPE, ""),
+    ("b/sparse.png", tarfile.GNUTYPE_SPARSE, ""),
 ])
 def test_unsafe_tar_members_refuse_the_archive(tmp_path, name, kind, linkname):
     archive = _tar_with(tmp_path / "bad.tar", name, kind, linkname=linkname)
@@ -177,3 +181,42 @@ def test_cache_second_load_skips_decoding_and_notices_changes(tmp_path, monkeypa
     assert not np.array_equal(changed.images, first.images)
     cache_root = os.environ["GPUVISION_CACHE"]
     assert any(name.endswith(".safetensors") for name in os.listdir(cache_root))
+
+
+@pytest.mark.parametrize("name,shown", [("cat/caf\udce9.png", "cat/caf\udce9.png"),
+                                        ("notes-\udce9.txt", "notes-\udce9.txt"), ("b\udcffd/x.png", "b\udcffd")])
+def test_non_utf8_names_in_a_folder_are_refused(tmp_path, name, shown):
+    make_tree(tmp_path, per_class=2)
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_bytes(image_bytes(1))  # the surrogate is written as the byte it stands for
+    refusal(tmp_path, f"the name {shown!r} is not UTF-8", "rename it")
+
+
+def test_hidden_and_macos_folders_are_not_classes(tmp_path):
+    make_tree(tmp_path, per_class=2)
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat" / "._000.png").write_bytes(b"resource fork")
+    assert load_images(str(tmp_path)).classes == ["cat", "dog"]
+
+
+def test_cifar_archive_with_a_batch_twice_is_refused(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    cifar_python_archive(archive)
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, data in members + [members[0]]:
+            tar.addfile(m, io.BytesIO(data))
+    refusal(archive, "'data_batch_1' appears more than once")
+
+
+def test_damaged_or_oversized_idx_files_are_refused(tmp_path):
+    root = idx_folder(tmp_path / "crc")
+    path = root / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip_with_bad_crc(gzip.decompress(path.read_bytes())))
+    refusal(root, "train-images-idx3-ubyte.gz: not a readable IDX file (CRC check failed")
+    root = idx_folder(tmp_path / "huge", compress=False)
+    path = root / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (1 << 20, 1 << 10, 1 << 10)))
+    refusal(root, "the decoded images (1048576 x 1024 x 1024) need 1024.00 GiB")
