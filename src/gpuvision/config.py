@@ -202,6 +202,53 @@ class ExportConfig(Validated):
     min_agreement: float = setting(0.999, "smallest allowed top-1 agreement (near-ties may flip)", low=0, high=1)
 
 
+@dataclass
+class ServeConfig(Validated):
+    """Settings of `gpuvision serve`: which models, where to listen, how to batch, and who may call."""
+
+    models: list = setting(help="model directories: DIR (served under its base name) or NAME=DIR", flag=False,
+                           factory=list)
+    model_repository: str | None = setting(None, "serve every model directory inside DIR")
+    host: str = setting("127.0.0.1", "address to listen on; a non-loopback one needs --api-key-file or --insecure")
+    port: int = setting(8000, "TCP port", low=1, high=65535)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    runtime: str = setting("auto", "auto (the manifest's where it was measured on this machine, else the fastest "
+                           "measured at start-up), eager, inductor or onnxruntime",
+                           choices=("auto", "eager", "inductor", "onnxruntime"))
+    max_batch_size: int = setting(64, "most images run as one batch (also the most one request may carry)", low=1,
+                                  high=1024)
+    max_wait_ms: float = setting(5.0, "longest a request waits for others to share its batch, in ms", low=0,
+                                 high=10_000)
+    max_queue: int = setting(256, "requests waiting per model; beyond it 503 with Retry-After", low=1, high=1 << 20)
+    instances: int = setting(1, "executors per model in this process (batching and statistics shared)", low=1,
+                             high=64)
+    max_body_mb: float = setting(10.0, "largest request body in MB (decompressed too); beyond it 413", low=0,
+                                 high=4096, low_open=True)
+    api_key_file: str | None = setting(None, "file holding the key clients send as 'Authorization: Bearer KEY'")
+    metrics_public: bool = setting(False, "serve /metrics without the API key")
+    insecure: bool = setting(False, "allow a non-loopback --host without --api-key-file")
+    ssl_certfile: str | None = setting(None, "TLS certificate (PEM), with --ssl-keyfile")
+    ssl_keyfile: str | None = setting(None, "TLS private key (PEM), with --ssl-certfile")
+    tta: bool = setting(False, "test-time augmentation (the recipe's; several model runs per image)")
+
+    def validate(self) -> ServeConfig:
+        import ipaddress
+
+        super().validate()
+        require(bool(self.models) or self.model_repository is not None,
+                "serve needs a MODEL directory (or NAME=DIR) or --model-repository DIR", BadInput)
+        require((self.ssl_certfile is None) == (self.ssl_keyfile is None),
+                "--ssl-certfile and --ssl-keyfile go together; give both or neither", BadInput)
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False  # a host name other than localhost may resolve anywhere
+        require(loopback or self.api_key_file is not None or self.insecure,
+                f"--host {self.host} is not a loopback address: give --api-key-file FILE so callers need a key, "
+                "or --insecure to serve it open", BadInput)
+        return self
+
+
 def read_config_file(path: str, config_type=TrainConfig) -> dict:
     """The settings in a YAML or JSON file, as a dict of known field names (dashes or underscores)."""
     p = Path(path)
