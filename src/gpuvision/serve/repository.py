@@ -1,0 +1,133 @@
+"""The models a server holds: which directories under which names, how each is loaded, and which runtime runs it.
+
+Every model directory gpuvision writes (eager, compiled, pruned, distilled, onnxruntime int8) is served as it is.
+`load_model` is the one place the server opens a model directory, so verified or decrypted reads plug in there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..artifact import MANIFEST, ModelDir
+from ..config import ServeConfig
+from ..device import describe_device, pick_device
+from ..errors import BadInput, NotFound, require
+from ..runtime import Model, Runtime, bucket, open_runtime
+from ..runtime.timing import time_calls
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # safe in a URL path segment and a metric label
+# Candidates `--runtime auto` measures when the manifest's figure is not from this machine. Inductor is left out:
+# compiling every batch bucket takes minutes on a CPU; it runs when asked for or measured here before.
+CANDIDATES = ("eager", "onnxruntime")
+MEASURE_SECONDS = 1.5  # per candidate and batch size: a few seconds of start-up in all
+
+
+@dataclass
+class ServedModel:
+    """A model ready to serve: its name, its loaded `Model` (directory + runtime), and why that runtime."""
+
+    name: str
+    model: Model
+    choice: str  # "asked", "manifest", "measured" or "onnx" (an ONNX directory runs only in onnxruntime)
+    timings_ms: dict = field(default_factory=dict)  # measured candidates: {runtime name: ms at batch 1 and max}
+
+    @property
+    def version(self) -> str:
+        return self.model.model_dir.version
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.model.runtime
+
+
+def model_paths(config: ServeConfig) -> dict[str, Path]:
+    """Name -> directory for MODEL arguments (DIR or NAME=DIR) and every model directory in --model-repository."""
+    pairs = []
+    for spec in config.models:
+        name, sep, directory = spec.partition("=")
+        if not sep or Path(spec).is_dir():  # a directory whose own name holds "=" is still a directory
+            name, directory = Path(spec).resolve().name, spec
+        pairs.append((name, Path(directory)))
+    if config.model_repository is not None:
+        root = Path(config.model_repository)
+        require(root.is_dir(), f"--model-repository {root}: no such directory", NotFound)
+        found = sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+        require(bool(found), f"--model-repository {root}: no model directories inside (none has a {MANIFEST})",
+                NotFound)
+        pairs += [(p.name, p) for p in found]
+    paths: dict[str, Path] = {}
+    for name, directory in pairs:
+        require(NAME.fullmatch(name) is not None, f"model name {name!r}: use letters, digits, '_', '.' and '-' "
+                "(give NAME=DIR to choose one)", BadInput)
+        require(name not in paths, f"two models are named {name!r} ({paths.get(name)} and {directory}); give "
+                "NAME=DIR to tell them apart", BadInput)
+        paths[name] = directory
+    return paths
+
+
+def load_model(path: Path, config: ServeConfig) -> ModelDir:
+    """Open a model directory for serving (verified reads); the one place the server does so."""
+    return ModelDir.open(path)
+
+
+def choose_runtime(model_dir: ModelDir, device: torch.device, asked: str, max_batch: int
+                   ) -> tuple[Runtime, str, dict]:
+    """The runtime to serve with, why, and the timings behind a measured choice."""
+    m = model_dir.manifest
+    if asked != "auto":
+        return open_runtime(model_dir, device, asked), "asked", {}
+    if m.format == "onnx":
+        return open_runtime(model_dir, device), "onnx", {}
+    if m.inference.measured_on == describe_device(device):
+        return open_runtime(model_dir, device), "manifest", {}
+    runtimes, timings = {}, {}
+    for backend in CANDIDATES:  # onnxruntime runs a PyTorch model in fp32 only, which is never lower
+        runtime = open_runtime(model_dir, device, backend, "fp32" if backend == "onnxruntime" else None)
+        runtimes[runtime.name], timings[runtime.name] = runtime, measure(runtime, max_batch)
+    # A lone request and a full batch, weighted alike: the mix a server sees between idle and busy.
+    best = min(timings, key=lambda name: sum(timings[name].values()))
+    return runtimes[best], "measured", timings
+
+
+def measure(runtime: Runtime, max_batch: int) -> dict[str, float]:
+    """Median ms of a call at batch 1 and at the largest bucket, within about MEASURE_SECONDS each."""
+    out = {}
+    for size in (1, bucket(max_batch) if runtime.pads else max_batch):
+        x = torch.zeros(size, *runtime.spec.shape)
+        started = time.perf_counter()
+        runtime.logits_normalised(x)  # also the first call, which may be slow
+        once = max(time.perf_counter() - started, 1e-4)
+        repeats = int(min(max(MEASURE_SECONDS / once, 3), 50))
+        times = sorted(time_calls(runtime.logits_normalised, x, repeats, runtime.device, warmup=1))
+        out[f"b{size}"] = round(times[len(times) // 2] * 1e3, 3)
+    return out
+
+
+def open_models(config: ServeConfig) -> list[ServedModel]:
+    """Load, choose a runtime for, and warm up every model the config names (each batch bucket run once)."""
+    device = pick_device(config.device)
+    paths = model_paths(config)
+    model_dirs = {name: load_model(path, config) for name, path in paths.items()}  # every directory checked first
+    served = []
+    for name, model_dir in model_dirs.items():
+        runtime, choice, timings = choose_runtime(model_dir, device, config.runtime, config.max_batch_size)
+        started = time.perf_counter()
+        runtime.warmup(warmup_sizes(config.max_batch_size))
+        log.info("model %s (version %s) runs %s on %s (%s%s); warmed up in %.1f s", name, model_dir.version,
+                 runtime.name, describe_device(device), choice, f": {timings} ms" if timings else "",
+                 time.perf_counter() - started)
+        served.append(ServedModel(name, Model(model_dir, runtime), choice, timings))
+    return served
+
+
+def warmup_sizes(max_batch: int) -> list[int]:
+    """Every power-of-two bucket up to the largest batch (and that batch itself, where it is not one)."""
+    return sorted({1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch} | {max_batch})
