@@ -1,0 +1,234 @@
+"""The HTTP routes: KServe v2 (+ Triton's statistics), the upload API, /metrics and the OpenAPI document.
+
+Each route only translates: find the model, decode the request (kserve_v2 / upload), submit it to the model's
+batcher, encode the answer. Every error is a JSON `{"error": "..."}` with the status of its kind (errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from ..config import ServeConfig
+from ..errors import BadInput, NotFound, UserError, require
+from ..version import __version__
+from . import kserve_v2, upload
+from .batcher import Batcher
+from .metrics import Metrics, ModelStats
+from .repository import ServedModel
+from .transport import BodyLimit, check_key, decode_body
+
+log = logging.getLogger(__name__)
+
+INLINE_BYTES = 64 << 10  # smaller requests decode on the event loop: a thread hop would cost more than decoding
+IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
+
+
+@dataclass
+class Endpoint:
+    """A served model with its batcher and statistics."""
+
+    served: ServedModel
+    batcher: Batcher
+    stats: ModelStats
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message}, status, headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UserError)
+    async def user_error(request, e: UserError):
+        return _error(e.http_status, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg')}" for err in e.errors())
+        return _error(400, f"invalid request ({problems})")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e: HTTPException):
+        return _error(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def bug(request, e: Exception):  # a bug: logged with its traceback; the caller gets JSON, not a crash
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error (logged on the server)")
+
+
+class Service:
+    """What the routes share: the models' endpoints, the settings, readiness; the handlers are its methods."""
+
+    def __init__(self, models: list[ServedModel], config: ServeConfig):
+        self.config, self.metrics, self.ready = config, Metrics(), False
+        self.max_bytes = int(config.max_body_mb * 1e6)
+        self.endpoints: dict[str, Endpoint] = {}
+        for served in models:
+            batcher = Batcher(partial(served.runtime.logits_normalised, tta=config.tta), config.max_batch_size,
+                              config.max_wait_ms / 1e3, config.max_queue, config.instances, name=served.name)
+            stats = ModelStats(self.metrics, served.name, served.version, lambda b=batcher: b.depth)
+            batcher.on_batch = stats.on_batch
+            self.endpoints[served.name] = Endpoint(served, batcher, stats)
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        for endpoint in self.endpoints.values():
+            endpoint.batcher.start()
+        self.ready = True
+        yield
+        self.ready = False
+        await asyncio.gather(*(endpoint.batcher.stop() for endpoint in self.endpoints.values()))
+
+    def find(self, name: str, version: str | None = None) -> Endpoint:
+        require(name in self.endpoints, f"no model named {name!r}; this server has {', '.join(self.endpoints)}",
+                NotFound)
+        endpoint = self.endpoints[name]
+        require(version in (None, endpoint.served.version), f"model {name} has version {endpoint.served.version}, "
+                f"not {version!r}", NotFound)
+        return endpoint
+
+    def body(self, request: Request, raw: bytes) -> bytes:
+        return decode_body(raw, request.headers.get("content-encoding"), self.max_bytes)
+
+    async def live(self) -> dict:
+        """The server process is up"""
+        return {"live": True}
+
+    async def readiness(self) -> Response:
+        """Every model is loaded, warmed up and serving"""
+        return JSONResponse({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def prometheus(self) -> Response:
+        """Prometheus metrics, labelled by model and version"""
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def server_metadata(self) -> dict:
+        """Server metadata"""
+        return kserve_v2.server_metadata()
+
+    async def metadata(self, request: Request, endpoint: Endpoint) -> dict:
+        """Model metadata: inputs, outputs, and the runtime the server chose"""
+        served, runtime = endpoint.served, endpoint.served.runtime
+        parameters = {"backend": runtime.backend, "precision": runtime.precision, "device": str(runtime.device),
+                      "runtime_choice": served.choice, "runtime_timings_ms": served.timings_ms,
+                      "max_batch_size": self.config.max_batch_size, "tta": self.config.tta}
+        return kserve_v2.model_metadata(served.name, served.version, runtime.spec, runtime.classes, parameters)
+
+    async def model_ready(self, request: Request, endpoint: Endpoint) -> Response:
+        """The model is ready for inference"""
+        return JSONResponse({"name": endpoint.served.name, "ready": self.ready}, 200 if self.ready else 503)
+
+    async def stats(self, request: Request, endpoint: Endpoint) -> dict:
+        """Triton's statistics extension: counts and cumulative times"""
+        return {"model_stats": [endpoint.stats.triton()]}
+
+    async def infer(self, request: Request, endpoint: Endpoint) -> Response:
+        """Inference: JSON, or with Triton's binary tensor data extension"""
+        served = endpoint.served
+        with endpoint.stats.request():
+            body = self.body(request, await request.body())
+            decoded = await _offload(kserve_v2.decode_request, len(body), body,
+                                     request.headers.get(kserve_v2.HEADER_LENGTH), served.runtime.spec,
+                                     self.config.max_batch_size)
+            logits = await endpoint.batcher.submit(decoded.x)
+            content, headers = kserve_v2.encode_response(decoded, logits, served.name, served.version,
+                                                         served.runtime.classes)
+        return Response(content, headers=headers)
+
+    async def predict(self, request: Request, name: str, top_k: int = Query(1, ge=1, le=upload.MAX_TOP_K)) -> dict:
+        """Classify image files (multipart `file`, repeatable, or one image as the body)"""
+        endpoint = self.find(name)
+        served = endpoint.served
+        with endpoint.stats.request():
+            files = await self.files(request)
+            x = await _offload(upload.decode_request, sum(len(d) for _, d in files), files, served.model,
+                               self.config.max_batch_size)
+            logits = await endpoint.batcher.submit(x)
+            return upload.encode_response([n for n, _ in files], logits, served.runtime.classes, top_k,
+                                          served.name, served.version)
+
+    async def files(self, request: Request) -> list[tuple[str, bytes]]:
+        """The uploaded images, (name, bytes) each."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return [("body", self.body(request, await request.body()))]
+        limit = self.config.max_batch_size
+        form = await request.form(max_files=limit, max_fields=limit)
+        files = []
+        for i, item in enumerate(form.getlist(upload.FIELD)):
+            require(not isinstance(item, str), f"multipart field {upload.FIELD!r} must be a file, not text",
+                    BadInput)
+            files.append((item.filename or f"file-{i}", await item.read()))
+        return files
+
+
+async def _offload(fn, size: int, *args):
+    """fn(*args) on the event loop for a small request, else in a worker thread (a big body must not stall the
+    loop; for a small one the thread hop costs more than decoding)."""
+    return fn(*args) if size < INLINE_BYTES else await run_in_threadpool(fn, *args)
+
+
+def _model_routes(router: APIRouter, service: Service, method: str, suffix: str, handler, **kwargs) -> None:
+    """handler(request, endpoint) at /v2/models/{name}SUFFIX and at /v2/models/{name}/versions/{version}SUFFIX."""
+    async def latest(request: Request, name: str):
+        return await handler(request, service.find(name))
+
+    async def versioned(request: Request, name: str, version: str):
+        return await handler(request, service.find(name, version))
+
+    for path, endpoint in (("", latest), ("/versions/{version}", versioned)):
+        router.add_api_route(f"/v2/models/{{name}}{path}{suffix}", endpoint, methods=[method], summary=handler.__doc__,
+                             name=f"{handler.__name__}{path and '_version'}", **kwargs)
+
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+INFER_DOC = {"openapi_extra": {"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": kserve_v2.INFER_REQUEST_SCHEMA}, "application/octet-stream": BINARY}}},
+             "responses": {200: {"content": {"application/json": {"schema": kserve_v2.INFER_RESPONSE_SCHEMA}}}}}
+PREDICT_DOC = {"openapi_extra": {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        upload.FIELD: {"type": "array", "items": BINARY["schema"]}}}},
+    **dict.fromkeys(IMAGE_TYPES, BINARY)}}}}
+
+
+def build_app(models: list[ServedModel], config: ServeConfig, api_key: str | None = None) -> FastAPI:
+    """The ASGI app serving these models (loaded and warmed up) with these settings."""
+    service = Service(models, config)
+    app = FastAPI(title="gpuvision", version=__version__, lifespan=service.lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description="Image classification: KServe v2 / Open Inference Protocol (with "
+                  "Triton's binary tensor data, classification and statistics extensions) and an upload API.")
+    app.add_middleware(BodyLimit, max_bytes=service.max_bytes)
+    _add_error_handlers(app)
+
+    async def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(HTTPBearer(auto_error=False))):
+        check_key(api_key, f"Bearer {credentials.credentials}" if credentials else None)
+
+    public = APIRouter()
+    private = APIRouter(dependencies=[Depends(require_key)] if api_key is not None else [])
+    public.add_api_route("/v2/health/live", service.live, methods=["GET"], summary=service.live.__doc__)
+    public.add_api_route("/v2/health/ready", service.readiness, methods=["GET"], summary=service.readiness.__doc__)
+    (public if config.metrics_public else private).add_api_route(
+        "/metrics", service.prometheus, methods=["GET"], summary=service.prometheus.__doc__, response_class=Response)
+    private.add_api_route("/v2", service.server_metadata, methods=["GET"], summary=service.server_metadata.__doc__)
+    private.add_api_route("/openapi.json", app.openapi, methods=["GET"], include_in_schema=False)
+    model_routes = [("GET", "", service.metadata, {}), ("GET", "/ready", service.model_ready, {}),
+                    ("GET", "/stats", service.stats, {}), ("POST", "/infer", service.infer, INFER_DOC)]
+    for method, suffix, handler, doc in model_routes:
+        _model_routes(private, service, method, suffix, handler, **doc)
+    private.add_api_route("/models/{name}/predict", service.predict, methods=["POST"],
+                          summary=service.predict.__doc__, **PREDICT_DOC)
+    app.include_router(public)
+    app.include_router(private)
+    return app

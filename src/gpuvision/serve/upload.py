@@ -1,0 +1,41 @@
+"""The upload API, `POST /models/{name}/predict`: image files in, the CLI `predict` JSON out (plus an id per
+prediction). Decoding is `Model.prepare`'s, so a served prediction is exactly `gpuvision predict`'s."""
+
+from __future__ import annotations
+
+import uuid
+
+import torch
+
+from ..data.images import MAX_IMAGE_PIXELS, decode_image
+from ..data.input_spec import normalise
+from ..errors import BadInput, require
+from ..runtime import Model
+
+FIELD = "file"  # the multipart field, repeatable
+MAX_TOP_K = 100_000
+
+
+def decode_request(files: list[tuple[str, bytes]], model: Model, max_batch: int) -> torch.Tensor:
+    """Image files (name, bytes) as the model's normalised fp32 N x C x H x W batch."""
+    require(bool(files), f"no image: send multipart field {FIELD!r} (repeatable) or one image as the body",
+            BadInput)
+    require(len(files) <= max_batch, f"{len(files)} images in one request; at most {max_batch} (--max-batch-size)",
+            BadInput)
+    arrays = []
+    for name, data in files:
+        array = decode_image(data)  # the pixel bound is checked from the header, before decoding
+        require(array is not None, f"{name}: not a readable image (not an image, truncated, or over "
+                f"{MAX_IMAGE_PIXELS:,} pixels); send a PNG or JPEG", BadInput)
+        arrays.append(array)
+    return normalise(model.prepare(arrays), model.spec)
+
+
+def encode_response(names: list[str], logits: torch.Tensor, classes: list[str], top_k: int, model: str,
+                    version: str) -> dict:
+    """The CLI `predict` JSON for these images, each prediction with an id; the model by name and version."""
+    values, indices = torch.softmax(logits, dim=1).topk(min(top_k, len(classes)), dim=1)
+    predictions = [{"id": uuid.uuid4().hex, "image": name,
+                    "top": [{"class": classes[i], "probability": float(v)} for v, i in zip(vs, ix)]}
+                   for name, vs, ix in zip(names, values.tolist(), indices.tolist())]
+    return {"schema_version": 1, "model": model, "model_version": version, "predictions": predictions}
