@@ -76,7 +76,7 @@ def config_from_args(config_type, args: argparse.Namespace, base: dict | None = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import CompressConfig, EvaluateConfig, ExportConfig, PredictConfig, TrainConfig
+    from .config import CompressConfig, EvaluateConfig, ExportConfig, PredictConfig, ServeConfig, TrainConfig
     from .version import __version__
 
     parser = _Parser(prog="gpuvision", description="Train, evaluate and use image classifiers, fast.")
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/digits-demo", help="demo directory (default: runs/digits-demo)")
     command("compress", "prune, quantise or distil a model; write a comparison report", CompressConfig, True)
     command("export", "export a model to ONNX or a torch.export program, parity-checked", ExportConfig, True)
+    serve = command("serve", "serve models over HTTP: KServe v2 (Triton clients), an upload API, metrics",
+                    ServeConfig)
+    serve.add_argument("models", nargs="*", metavar="MODEL", help="a model directory: DIR or NAME=DIR")
     data = commands.add_parser("data", help="look at a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     inspect = data_commands.add_parser("inspect", help="classes, counts, sizes, unreadable files, split sizes")
@@ -230,8 +233,19 @@ def run_export(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    from .config import ServeConfig
+    from .serve import serve
+
+    def ready(info: dict) -> None:  # flushed: a script waits for this line while the server runs
+        print(json.dumps({"schema_version": 1, **info}), flush=True)
+
+    serve(config_from_args(ServeConfig, args, models=args.models), on_ready=ready if args.json else None)
+    return 0
+
+
 COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
-            "compress": run_compress, "export": run_export}
+            "compress": run_compress, "export": run_export, "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
