@@ -210,7 +210,7 @@ class ServeConfig(Validated):
                            factory=list)
     model_repository: str | None = setting(None, "serve every model directory inside DIR")
     host: str = setting("127.0.0.1", "address to listen on; a non-loopback one needs --api-key-file or --insecure")
-    port: int = setting(8000, "TCP port", low=1, high=65535)
+    port: int = setting(8000, "TCP port (0: any free one; --json prints the URL)", low=0, high=65535)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     runtime: str = setting("auto", "auto (the manifest's where it was measured on this machine, else the fastest "
                            "measured at start-up), eager, inductor or onnxruntime",
