@@ -94,12 +94,16 @@ def check_key(expected: str | None, authorization: str | None) -> None:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A bound socket (so an address in use is one clear error, before the server starts)."""
+    """A listening socket: an address in use is one clear error before the models load, and a client that connects
+    once the server says it is ready waits in the backlog instead of being refused while uvicorn starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it a keep-alive client
+    # waits ~40 ms per response (Nagle's algorithm against delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)
     except OSError as e:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") \
