@@ -7,7 +7,6 @@ batcher, encode the answer. Every error is a JSON `{"error": "..."}` with the st
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -28,8 +27,6 @@ from .batcher import Batcher
 from .metrics import Metrics, ModelStats
 from .repository import ServedModel
 from .transport import BodyLimit, check_key, decode_body
-
-log = logging.getLogger(__name__)
 
 INLINE_BYTES = 64 << 10  # smaller requests decode on the event loop: a thread hop would cost more than decoding
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
@@ -64,8 +61,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(e.status_code, str(e.detail))
 
     @app.exception_handler(Exception)
-    async def bug(request, e: Exception):  # a bug: logged with its traceback; the caller gets JSON, not a crash
-        log.exception("internal error on %s %s", request.method, request.url.path)
+    async def bug(request, e: Exception):  # a bug: the caller gets JSON; Starlette re-raises it for uvicorn to log
         return _error(500, "internal server error (logged on the server)")
 
 

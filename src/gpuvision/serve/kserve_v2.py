@@ -67,8 +67,8 @@ def decode_request(body: bytes, header_length: str | None, spec: InputSpec, max_
         header, data = body[: int(header_length)], body[int(header_length) :]
     try:
         doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(f"the request is not valid JSON ({e})") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+        raise BadInput(f"the request is not valid JSON ({str(e)[:200]})") from e
     require(isinstance(doc, dict), "the request must be a JSON object with `inputs`", BadInput)
     request_id = doc.get("id")
     require(request_id is None or isinstance(request_id, str), "`id` must be a string", BadInput)
@@ -115,7 +115,7 @@ def _json_data(data, dtype: np.dtype, count: int) -> np.ndarray:
     require(isinstance(data, list), "the input has neither `data` nor `binary_data_size`", BadInput)
     try:
         values = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError) as e:
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise BadInput(f"input `data` must be numbers ({str(e).splitlines()[0][:100]})") from e
     require(values.size == count, f"input `data` holds {values.size} values; the shape needs {count}", BadInput)
     if dtype.kind == "u":

@@ -111,3 +111,12 @@ def test_responses_in_json_and_binary_with_classification_and_the_id():
     plain, headers = encode_response(decode_request(json.dumps({"inputs": [tensor]}).encode(), None, SPEC, 8),
                                      logits, "m", "v1", CLASSES)
     assert headers["content-type"] == "application/json" and "id" not in json.loads(plain)
+
+
+def test_absurdly_deep_json_is_bad_input_not_a_crash():
+    with pytest.raises(BadInput):
+        decode_request(b"[" * 100_000 + b"]" * 100_000, None, SPEC, 8)
+    deep = {"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": 0}]}
+    text = json.dumps(deep).replace('"data": 0', '"data": ' + "[" * 5000 + "0" + "]" * 5000)
+    with pytest.raises(BadInput):
+        decode_request(text.encode(), None, SPEC, 8)
