@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -150,6 +151,27 @@ def test_sixteen_concurrent_requests_are_batched(served):
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert statuses == [200] * 16 and inferences == 16 and executions < inferences, (inferences, executions)
+
+
+def test_a_full_queue_gets_503_with_retry_after(served):
+    from gpuvision.config import ServeConfig
+    from gpuvision.serve.app import build_app
+
+    # The same model, in an app whose batcher never starts (no lifespan): the first request fills the queue.
+    app = build_app(served.models, ServeConfig(models=["digits"], max_queue=1).validate())
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            first = asyncio.create_task(client.post("/v2/models/digits/infer", json=uint8_request(digits(1))))
+            await asyncio.sleep(0.5)
+            try:
+                return await client.post("/v2/models/digits/infer", json=uint8_request(digits(1)))
+            finally:
+                first.cancel()
+
+    response = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "retry" in response.json()["error"]
 
 
 def test_metrics_are_prometheus_text_labelled_by_model_and_version(served):
