@@ -107,7 +107,10 @@ def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int) -> tuple[
     if datatype == "FP32":
         require(bool(np.isfinite(array).all()), "FP32 input holds NaN or infinity", BadInput)
         return torch.from_numpy(array), size
-    return normalise(torch.from_numpy(array).permute(0, 3, 1, 2), spec), size
+    # The strides the runtime was warmed up with: a compiled backend guards on exact strides, and a permuted grey
+    # batch (C = 1) is "contiguous" to .contiguous() with other strides: a multi-second recompile per batch size.
+    x = normalise(torch.from_numpy(array).permute(0, 3, 1, 2), spec)
+    return x.clone(memory_format=torch.contiguous_format), size
 
 
 def _json_data(data, dtype: np.dtype, count: int) -> np.ndarray:

@@ -35,6 +35,11 @@ def test_uint8_pixels_as_json_or_binary_give_the_normalised_batch():
     body, length = binary_body({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}]}, x.tobytes())
     as_binary = decode_request(body, length, SPEC, 8)
     assert torch.equal(as_json.x, expected) and torch.equal(as_binary.x, expected)
+    grey = InputSpec((2, 3), 1, (0.0,), (1.0,))
+    for spec, c in ((SPEC, 3), (grey, 1)):  # the strides of the runtime's warm-up batches: nothing recompiles
+        x = decode_request(json.dumps({"inputs": [{**tensor, "shape": [2, 2, 3, c], "data": [0] * 12 * c}]}).encode(),
+                           None, spec, 8).x
+        assert x.stride() == torch.zeros(2, c, 2, 3).stride()
     assert [o.name for o in as_json.outputs] == ["logits", "probabilities"] and not as_json.outputs[0].binary
 
 
