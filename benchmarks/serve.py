@@ -93,7 +93,7 @@ async def closed_loop(host: str, port: int, raw: bytes, images: int, clients: in
             started = time.perf_counter()
             try:
                 status, _ = await asyncio.wait_for(connection.send(raw), TIMEOUT)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
                 errors[type(e).__name__] += 1
                 connection.close()
                 connection = await Connection.open(host, port)

@@ -93,18 +93,17 @@ class Batcher:
         self._arrived.set()
         return await request.future
 
-    async def _wait_for(self, condition: Callable[[], bool], deadline: float | None = None) -> bool:
-        """Wait until condition() holds (True) or the deadline passes (False)."""
+    async def _wait_for(self, condition: Callable[[], bool], deadline: float | None = None) -> None:
+        """Wait until condition() holds or the deadline (time.perf_counter()) passes."""
         while not condition():
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:
-                return False
+                return
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                return condition()
-        return True
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                return
 
     async def _take(self) -> list[_Request]:
         """The next batch: the oldest requests whose images fit in max_batch."""
