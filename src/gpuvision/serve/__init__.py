@@ -46,17 +46,17 @@ def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None) -
     key = read_key(config.api_key_file) if config.api_key_file else None
     for flag, path in (("--ssl-certfile", config.ssl_certfile), ("--ssl-keyfile", config.ssl_keyfile)):
         require(path is None or Path(path).is_file(), f"{flag} {path}: no such file", NotFound)
-    sock = listen(config.host, config.port)  # first: a taken port fails before the models load
-    models = open_models(config)
-    app = build_app(models, config, key)
-    url = f"{'https' if config.ssl_certfile else 'http'}://{config.host}:{sock.getsockname()[1]}"
-    log.info("serving %s on %s (OpenAPI at /openapi.json; SIGTERM or Ctrl-C stops)", ", ".join(m.name for m in models),
-             url)
-    if on_ready is not None:
-        on_ready({"url": url, "models": [{"name": m.name, "version": m.version, "runtime": m.runtime.name,
-                                          "choice": m.choice} for m in models]})
-    # Connections beyond this get uvicorn's own 503: requests being received are bounded as well as queued ones.
-    make_server(app, config.ssl_certfile, config.ssl_keyfile, 2 * config.max_queue + 64).run(sockets=[sock])
+    with listen(config.host, config.port) as sock:  # first: a taken port fails before the models load
+        models = open_models(config)
+        app = build_app(models, config, key)
+        url = f"{'https' if config.ssl_certfile else 'http'}://{config.host}:{sock.getsockname()[1]}"
+        log.info("serving %s on %s (OpenAPI at /openapi.json; SIGTERM or Ctrl-C stops)",
+                 ", ".join(m.name for m in models), url)
+        if on_ready is not None:
+            on_ready({"url": url, "models": [{"name": m.name, "version": m.version, "runtime": m.runtime.name,
+                                              "choice": m.choice} for m in models]})
+        # Connections past this get uvicorn's own 503: requests being received are bounded, as queued ones are.
+        make_server(app, config.ssl_certfile, config.ssl_keyfile, 2 * config.max_queue + 64).run(sockets=[sock])
 
 
 __all__ = ["read_key", "serve"]
