@@ -34,14 +34,16 @@ def read_line(stream, seconds: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(digits_model):
+def server(digits_model, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, "-m", "gpuvision", "serve", f"digits={digits_model}", "--port", "0",
-                                "--device", "cpu", "--runtime", "eager", "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe nobody reads, which could fill and stall the server
+        process = subprocess.Popen([sys.executable, "-m", "gpuvision", "serve", f"digits={digits_model}", "--port",
+                                    "0", "--device", "cpu", "--runtime", "eager", "--json"],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     try:
         line = read_line(process.stdout, 180)
-        assert line, f"gpuvision serve printed no ready line (exit code {process.poll()})"
+        assert line, f"gpuvision serve printed no ready line (exit code {process.poll()}): {log.read_text()[-2000:]}"
         yield process, json.loads(line)
     finally:
         if process.poll() is None:

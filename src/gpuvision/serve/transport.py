@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 import socket
 import zlib
 
 from ..errors import BadInput, Unsupported, UserError
-
-log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 30
 
