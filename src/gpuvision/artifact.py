@@ -40,6 +40,7 @@ BACKENDS = ("eager", "inductor", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 MAX_CLASSES = 100_000
 MAX_MANIFEST_BYTES = 64 << 20
+V1_UNLISTED = ("metrics.jsonl", "checkpoints", "eval")  # gpuvision 0.1 kept these beside its manifest, unlisted
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ class ModelDir:
         model_dir = cls(path, manifest, hashlib.sha256(raw).hexdigest(), bound_digest(parsed))
         for name in manifest.files:
             model_dir._file(name)
-        model_dir._check_nothing_else()
+        model_dir._check_nothing_else(V1_UNLISTED if parsed.get("schema_version") == 1 else ())
         if access.pubkey:
             model_dir.check_signature(access.pubkey)
         if manifest.encryption:
@@ -274,15 +275,17 @@ class ModelDir:
         require(file.is_file(), f"{self.path}: {name} is not a regular file", IntegrityError)
         return file
 
-    def _check_nothing_else(self) -> None:
-        """Anything beside the listed files, the manifest and model.sig was put there by someone else: refuse it
-        rather than guess what it is for."""
+    def _check_nothing_else(self, unlisted: tuple[str, ...] = ()) -> None:
+        """Anything beside the listed files, the manifest and model.sig (and, in a version 1 directory, what 0.1
+        kept unlisted, which is never read) was put there by someone else: refuse it rather than guess its use."""
         allowed = {*self.manifest.files, MANIFEST, SIGNATURE}
         folders = {str(p) for name in self.manifest.files for p in PurePosixPath(name).parents if str(p) != "."}
         for root, dirs, files in os.walk(self.path):  # links are listed, never followed
             where = Path(root).relative_to(self.path)
             for name in sorted(dirs + files):
                 item = (where / name).as_posix()
+                if item.split("/")[0] in unlisted:
+                    continue
                 require(item in (folders if name in dirs else allowed), f"{self.path}: {item} is not listed in its "
                         f"manifest; a model directory holds exactly its listed files (plus {SIGNATURE}): refusing it",
                         IntegrityError)
