@@ -62,6 +62,37 @@ def cifar_subset_tar(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained narrow fastnet for digits as a complete model directory, made without training (unit tests)."""
+    import torch
+
+    from gpuvision.artifact import Inference, Manifest, SplitRecord, save_weights, write_manifest
+    from gpuvision.data import load_images, make_split
+    from gpuvision.data.input_spec import InputSpec
+    from gpuvision.data.split import save_split
+    from gpuvision.models import create_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    out.mkdir()
+    images = load_images("digits")
+    split = make_split(images)
+    save_split(out / "split.json", images, split, 0)
+    args = {"num_classes": 10, "in_channels": 1, "image_size": 8, "widths": [8, 8, 8]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = create_model("fastnet", **args)
+    save_weights(out / "model.safetensors", net)
+    (out / "metrics.jsonl").write_text("")
+    manifest = Manifest(format="safetensors", weights="model.safetensors",
+                        architecture={"name": "fastnet", "args": args}, classes=images.classes,
+                        input=InputSpec.from_images(torch.from_numpy(images.images[split.train])),
+                        split=SplitRecord("split.json", images.source, images.fingerprint, split.sizes()),
+                        inference=Inference("eager", "fp32"), tta_level=2)
+    write_manifest(out, manifest, ["model.safetensors", "split.json", "metrics.jsonl"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_model(tmp_path_factory) -> Path:
     """A fastnet trained on digits with the default recipe (fp32 on the CPU), built once per session."""
     import gpuvision

@@ -8,7 +8,7 @@
 """
 
 from .artifact import Manifest, ModelDir
-from .config import EvaluateConfig, TrainConfig
+from .config import Access, EvaluateConfig, TrainConfig
 from .data.inspect import inspect_source
 from .errors import UserError
 from .evaluate import evaluate
@@ -16,5 +16,5 @@ from .runtime import Model, load
 from .train.trainer import TrainResult, train
 from .version import __version__
 
-__all__ = ["EvaluateConfig", "Manifest", "Model", "ModelDir", "TrainConfig", "TrainResult", "UserError", "evaluate",
-           "inspect_source", "load", "train", "__version__"]
+__all__ = ["Access", "EvaluateConfig", "Manifest", "Model", "ModelDir", "TrainConfig", "TrainResult", "UserError",
+           "evaluate", "inspect_source", "load", "train", "__version__"]

@@ -7,10 +7,13 @@
     metrics.jsonl       one line per training epoch
     model.sig           optional: a signature over all of the above, added by `gpuvision sign`
 
-A directory holds exactly the files its manifest lists (plus model.sig). Every file is read through
+A directory holds exactly the files its manifest lists (plus model.sig): `ModelDir.open(path, access)`, the one
+way every reader opens one, refuses anything else in it, and with `access.pubkey` a directory whose model.sig does
+not verify with that key or does not cover exactly the manifest it read. Every file is read through
 `ModelDir.read(name)`, which refuses a file that is not listed, lies outside the directory or behind a link,
-and verifies its sha256 at the moment it is read; verification of signatures and decryption plug in there.
-Nothing is unpickled. Version 1 directories (gpuvision 0.1) load under version 2 without being rewritten.
+verifies its sha256 at the moment it is read and, in an encrypted directory, decrypts it in memory (AES-256-GCM,
+bound to the manifest and the file's name). Nothing is unpickled. Version 1 directories (gpuvision 0.1) load under
+version 2 without being rewritten.
 """
 
 from __future__ import annotations
@@ -18,22 +21,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from .config import Access
+from .crypto import aead, keys, signing
 from .data.input_spec import InputSpec
 from .errors import IntegrityError, NotFound, Unsupported, UserError, require
 from .files import atomic_write, sha256_file, write_json
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
-SIGNATURE = "model.sig"
+SIGNATURE = signing.SIGNATURE
 WEIGHT_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
 BACKENDS = ("eager", "inductor", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 MAX_CLASSES = 100_000
 MAX_MANIFEST_BYTES = 64 << 20
+V1_UNLISTED = ("metrics.jsonl", "checkpoints", "eval")  # gpuvision 0.1 kept these beside its manifest, unlisted
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,16 @@ class SplitRecord:
     test_source: str = "carved"  # carved, given:test, or given:val when the source has val/ but no test/
 
 
+@dataclass(frozen=True)
+class Encryption:
+    """How an encrypted directory's files are encrypted: the scheme, the data key's public id (never the key) and
+    each file's sha256 before encryption (what `decrypt` restores)."""
+
+    scheme: str
+    key_id: str
+    plaintext: dict
+
+
 @dataclass
 class Manifest:
     """What a model directory holds and how to run it; fields are typed and validated when read."""
@@ -97,11 +114,14 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     created: str = ""
     files: dict = field(default_factory=dict)
+    encryption: Encryption | None = None  # only in an encrypted directory; then `files` hash the ciphertexts
     extra: dict = field(default_factory=dict)  # fields of a newer minor version, kept as they were read
 
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in asdict(self).items() if k != "extra"}}
         d["input"] = self.input.to_dict()
+        if self.encryption is None:  # a plaintext manifest reads as it did before encryption existed
+            del d["encryption"]
         return {**d, **self.extra}
 
     @classmethod
@@ -155,6 +175,11 @@ def _parse(d: dict) -> Manifest:
     inference = Inference(**d.get("inference") or {})
     _check(inference.backend in BACKENDS and inference.precision in PRECISIONS, f"unknown inference {inference}")
     training = Training(**d["training"]) if d.get("training") else None
+    encryption = Encryption(**d["encryption"]) if d.get("encryption") is not None else None
+    _check(encryption is None or (encryption.scheme == aead.SCHEME and isinstance(encryption.key_id, str)
+                                  and isinstance(encryption.plaintext, dict) and set(encryption.plaintext) == set(files)
+                                  and all(isinstance(v, str) and len(v) == 64 for v in encryption.plaintext.values())),
+           f"encryption must be {{scheme: {aead.SCHEME}, key_id, plaintext: {{each listed file: sha256}}}}")
     tta = d.get("tta_level", 0)
     _check(tta in (0, 1, 2), "tta_level must be 0, 1 or 2")
     for key, kind in (("reference", dict), ("compression", dict)):
@@ -166,7 +191,7 @@ def _parse(d: dict) -> Manifest:
                     tta_level=tta, reference=d.get("reference"), seed=d.get("seed", 0),
                     settings=d.get("settings", {}), recipe=d.get("recipe", {}), params=d.get("params"),
                     flops=d.get("flops"), metrics=d.get("metrics", {}), compression=d.get("compression"),
-                    versions=d.get("versions", {}), created=d.get("created", ""), files=files,
+                    versions=d.get("versions", {}), created=d.get("created", ""), files=files, encryption=encryption,
                     extra={k: v for k, v in d.items() if k not in known and k != "schema_version"})
 
 
@@ -186,15 +211,23 @@ def _from_v1(d: dict) -> dict:
 
 
 class ModelDir:
-    """A model directory opened for reading: its validated manifest, and verified reads of its files."""
+    """A model directory opened for reading: its validated manifest, and verified (and decrypted) reads of its files.
 
-    def __init__(self, path: Path, manifest: Manifest, manifest_sha256: str):
+    `bound` is what an encrypted directory's files are bound to: a digest of the manifest as written, less its
+    `files` (which hash the ciphertexts, so they cannot be inside them); `data_key` decrypts them."""
+
+    def __init__(self, path: Path, manifest: Manifest, manifest_sha256: str, bound: bytes = b"",
+                 data_key: bytes | None = None):
         self.path, self.manifest, self.manifest_sha256 = path, manifest, manifest_sha256
+        self.bound, self.data_key = bound, data_key
 
     @classmethod
-    def open(cls, path: str | Path) -> ModelDir:
-        """Read and validate the manifest; check that every listed file is a plain file inside the directory."""
-        path = Path(path)
+    def open(cls, path: str | Path, access: Access | None = None) -> ModelDir:
+        """The one way to open a model directory for reading, with the user's access options (--pubkey, --data-key
+        or $GPUVISION_DATA_KEY): validate the manifest, check that the directory holds exactly the listed files as
+        plain files (plus model.sig), that model.sig verifies with `access.pubkey` when one is given, and that an
+        encrypted model's data key is the one it was encrypted with. Files are verified when they are read."""
+        path, access = Path(path), access or Access()
         require(path.is_dir(), f"{path}: no such model directory", NotFound)
         manifest_path = path / MANIFEST
         require(manifest_path.is_file() and not manifest_path.is_symlink(),
@@ -206,15 +239,28 @@ class ModelDir:
             parsed = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise IntegrityError(f"{manifest_path}: not valid JSON ({e}); the model directory is damaged") from e
-        model_dir = cls(path, Manifest.from_dict(parsed, str(manifest_path)), hashlib.sha256(raw).hexdigest())
-        for name in model_dir.manifest.files:
+        manifest = Manifest.from_dict(parsed, str(manifest_path))
+        model_dir = cls(path, manifest, hashlib.sha256(raw).hexdigest(), bound_digest(parsed))
+        for name in manifest.files:
             model_dir._file(name)
+        model_dir._check_nothing_else(V1_UNLISTED if parsed.get("schema_version") == 1 else ())
+        if access.pubkey:
+            model_dir.check_signature(access.pubkey)
+        if manifest.encryption:
+            model_dir.data_key = keys.read_data_key(access.data_key)
+            used, given = manifest.encryption.key_id, model_dir.data_key and aead.key_id(model_dir.data_key)
+            require(given in (None, used), f"{path} was encrypted with another data key (key id {used}; the given "
+                    f"key's id is {given})", IntegrityError)
         return model_dir
 
     @property
     def version(self) -> str:
         """The model's version: the first 12 hex digits of its manifest's sha256."""
         return self.manifest_sha256[:12]
+
+    @property
+    def encrypted(self) -> bool:
+        return self.manifest.encryption is not None
 
     def _file(self, name: str) -> Path:
         require(name in self.manifest.files, f"{self.path}: {name} is not listed in its manifest; refusing to read "
@@ -229,12 +275,53 @@ class ModelDir:
         require(file.is_file(), f"{self.path}: {name} is not a regular file", IntegrityError)
         return file
 
-    def read(self, name: str) -> bytes:
-        """The bytes of a listed file, verified against the manifest's sha256 as they are read."""
+    def _check_nothing_else(self, unlisted: tuple[str, ...] = ()) -> None:
+        """Anything beside the listed files, the manifest and model.sig (and, in a version 1 directory, what 0.1
+        kept unlisted, which is never read) was put there by someone else: refuse it rather than guess its use."""
+        allowed = {*self.manifest.files, MANIFEST, SIGNATURE}
+        folders = {str(p) for name in self.manifest.files for p in PurePosixPath(name).parents if str(p) != "."}
+        for root, dirs, files in os.walk(self.path):  # links are listed, never followed
+            where = Path(root).relative_to(self.path)
+            for name in sorted(dirs + files):
+                item = (where / name).as_posix()
+                if item.split("/")[0] in unlisted:
+                    continue
+                require(item in (folders if name in dirs else allowed), f"{self.path}: {item} is not listed in its "
+                        f"manifest; a model directory holds exactly its listed files (plus {SIGNATURE}): refusing it",
+                        IntegrityError)
+
+    def check_signature(self, pubkey: str, signature: Path | None = None) -> None:
+        """Refuse unless `signature` (default: model.sig) verifies with `pubkey` and signs exactly this manifest (the
+        one in memory) and the files it lists; each file is then bound to the signature by its verified read."""
+        signature = signature or self.path / SIGNATURE
+        require(signature.is_file() and not signature.is_symlink(), f"{self.path} is not signed (no {SIGNATURE}); "
+                "--pubkey accepts only a model signed with its key (`gpuvision sign`)", IntegrityError)
+        require(signature.stat().st_size <= MAX_MANIFEST_BYTES, f"{signature}: too large for a signature",
+                IntegrityError)
+        signed = signing.signed_digests(signature, pubkey)
+        expected = {MANIFEST: self.manifest_sha256, **self.manifest.files}
+        differ = sorted(n for n in expected.keys() | signed.keys() if expected.get(n) != signed.get(n))
+        require(not differ, f"{self.path}: {SIGNATURE} is by this key but signs other contents "
+                f"({', '.join(differ[:5])} differ): the model was changed after it was signed; refusing it",
+                IntegrityError)
+
+    def read_stored(self, name: str) -> bytes:
+        """The bytes of a listed file as stored (ciphertext in an encrypted directory), verified against the
+        manifest's sha256 as they are read."""
         data = self._file(name).read_bytes()
         require(hashlib.sha256(data).hexdigest() == self.manifest.files[name],
                 f"{self.path}: file {name} was altered (sha256 mismatch); refusing it", IntegrityError)
         return data
+
+    def read(self, name: str) -> bytes:
+        """The content of a listed file, verified as it is read, and decrypted in memory if the model is encrypted
+        (the plaintext never touches the disk)."""
+        data = self.read_stored(name)
+        if not self.encrypted:
+            return data
+        require(self.data_key is not None, f"{self.path} is encrypted; give --data-key FILE or set "
+                f"{keys.DATA_KEY_ENV}", IntegrityError)
+        return aead.unseal(self.data_key, data, associated_data(self.bound, name), f"{self.path}: {name}")
 
     def read_json(self, name: str):
         try:
@@ -243,9 +330,21 @@ class ModelDir:
             raise IntegrityError(f"{self.path}: {name} is not valid JSON ({e})") from e
 
     def verify(self) -> None:
-        """Read and verify every listed file."""
+        """Read every listed file and check it against the manifest; decrypt it too where the data key is at hand
+        (without it, an encrypted directory is checked as stored)."""
         for name in self.manifest.files:
-            self.read(name)
+            (self.read if self.data_key else self.read_stored)(name)
+
+
+def bound_digest(manifest: dict) -> bytes:
+    """What an encrypted file is bound to: the manifest as written, but for `files` (which hash the ciphertexts)."""
+    core = {k: v for k, v in manifest.items() if k != "files"}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def associated_data(bound: bytes, name: str) -> bytes:
+    """An encrypted file's associated data: its manifest and its name, so it decrypts nowhere else."""
+    return b"gpuvision model file\0" + bound + b"\0" + name.encode()
 
 
 def draft(directory: Path, manifest: Manifest, files: list[str]) -> ModelDir:

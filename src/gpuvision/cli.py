@@ -1,8 +1,9 @@
 """The command line: parse arguments, call the Python API, print. No logic of its own.
 
 Flags, defaults and choices come from the config dataclasses (config.py) and the registries, so nothing is
-restated here. Errors a user can fix (UserError) print one line on stderr and exit with code 2; progress goes to
-stderr and `--json` prints one JSON object on stdout.
+restated here; every command that reads a model directory takes the same access options (`config.Access`:
+--pubkey, --data-key) and opens it with `ModelDir.open(path, access)`. Errors a user can fix (UserError) print one
+line on stderr and exit with code 2; progress goes to stderr and `--json` prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -75,24 +76,52 @@ def config_from_args(config_type, args: argparse.Namespace, base: dict | None = 
     return config_type(**{**(base or {}), **given, **positional}).validate()
 
 
+def add_access_flags(parser: argparse.ArgumentParser) -> None:
+    """The access options (--pubkey, --data-key) of every command that reads a model directory, as one group."""
+    from .config import Access
+
+    add_config_flags(parser.add_argument_group("model access", "signed and encrypted model directories"), Access)
+
+
+def access_from_args(args: argparse.Namespace):
+    """The config.Access of a command's flags, for `ModelDir.open(path, access)`."""
+    from .config import Access
+
+    return config_from_args(Access, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .config import CompressConfig, EvaluateConfig, ExportConfig, PredictConfig, ServeConfig, TrainConfig
+    from .config import (
+        CompressConfig,
+        CryptConfig,
+        EvaluateConfig,
+        ExportConfig,
+        KeysConfig,
+        PredictConfig,
+        ServeConfig,
+        SignConfig,
+        TrainConfig,
+    )
     from .version import __version__
 
     parser = _Parser(prog="gpuvision", description="Train, evaluate and use image classifiers, fast.")
     parser.add_argument("--version", action="version", version=f"gpuvision {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def command(name: str, help: str, config_type=None, model_dir: bool = False) -> argparse.ArgumentParser:
+    def command(name: str, help: str, config_type=None, model_dir: bool = False, access: bool | None = None
+                ) -> argparse.ArgumentParser:
+        """A subcommand; one that takes a model directory also takes the access options unless access=False."""
         sub = commands.add_parser(name, help=help, description=help)
         if model_dir:
             sub.add_argument("model_dir", help="model directory")
         if config_type:
             add_config_flags(sub, config_type)
+        if model_dir if access is None else access:
+            add_access_flags(sub)
         sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         return sub
 
-    train = command("train", "train a model on a data source", TrainConfig)
+    train = command("train", "train a model on a data source", TrainConfig, access=True)  # a distillation teacher
     train.add_argument("--config", default=argparse.SUPPRESS, help="a YAML or JSON file of these settings (flags "
                        "override it); also model_args and recipe_args")
     command("evaluate", "evaluate a model directory on its test split (or any labelled source)", EvaluateConfig, True)
@@ -105,11 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", "serve models over HTTP: KServe v2 (Triton clients), an upload API, metrics",
                     ServeConfig)
     serve.add_argument("models", nargs="*", metavar="MODEL", help="a model directory: DIR or NAME=DIR")
+    add_access_flags(serve)
     data = commands.add_parser("data", help="look at a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     inspect = data_commands.add_parser("inspect", help="classes, counts, sizes, unreadable files, split sizes")
     inspect.add_argument("src")
     inspect.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    keys = commands.add_parser("keys", help="make keys for signing and encrypting models")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    generate = keys_commands.add_parser("generate", help="a P-256 signing key pair and a 256-bit data key, "
+                                        "owner-only files")
+    add_config_flags(generate, KeysConfig)
+    generate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    command("sign", "add model.sig, an OpenSSF model signature of every file", SignConfig, True, access=False)
+    command("verify", "check that a model is intact and signed by --pubkey (exit 2 if not)", None, True)
+    command("encrypt", "write an AES-256-GCM encrypted copy of a model (sign it afterwards)", CryptConfig, True)
+    command("decrypt", "write the decrypted copy of an encrypted model (or exported .enc file)", CryptConfig, True)
     return parser
 
 
@@ -125,7 +165,7 @@ def run_train(args) -> int:
     base = read_config_file(args.config) if "config" in vars(args) else None
     config = config_from_args(TrainConfig, args, base)
     with TrainProgress() as progress:
-        result = train(config, on_event=progress)
+        result = train(config, on_event=progress, access=access_from_args(args))
     m = result.manifest
     summary = {"schema_version": 1, "model_dir": str(result.model_dir), "seconds": round(result.seconds, 2),
                "device": m.training.device, "precision": m.training.precision, "model": m.architecture["name"],
@@ -144,7 +184,7 @@ def run_evaluate(args) -> int:
     from .config import EvaluateConfig
     from .evaluate import evaluate
 
-    report = evaluate(config_from_args(EvaluateConfig, args, model_dir=args.model_dir))
+    report = evaluate(config_from_args(EvaluateConfig, args, model_dir=args.model_dir), access_from_args(args))
     if args.json:
         _emit({k: v for k, v in report.items() if k != "confusion_matrix"}, True, "")
         return 0
@@ -165,7 +205,7 @@ def run_predict(args) -> int:
     from .runtime import load
 
     config = config_from_args(PredictConfig, args, model_dir=args.model_dir, images=args.images)
-    model = load(config.model_dir, device=config.device)
+    model = load(config.model_dir, device=config.device, access=access_from_args(args))
     results = model.predict(config.images, top_k=config.top_k, tta=config.tta)
     predictions = [{"image": image, "top": top} for image, top in zip(config.images, results)]
     human = "\n".join(f"{p['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"])
@@ -211,7 +251,7 @@ def run_compress(args) -> int:
     from .progress import StageProgress
 
     config = config_from_args(CompressConfig, args, model_dir=args.model_dir)
-    report = compress(config, on_event=StageProgress())
+    report = compress(config, on_event=StageProgress(), access=access_from_args(args))
     if args.json:
         _emit(report, True, "")
     else:
@@ -225,10 +265,11 @@ def run_export(args) -> int:
     from .config import ExportConfig
     from .export import export_model
 
-    result = export_model(config_from_args(ExportConfig, args, model_dir=args.model_dir))
+    result = export_model(config_from_args(ExportConfig, args, model_dir=args.model_dir), access_from_args(args))
     p = result["parity"]
-    human = (f"exported {result['path']} ({result['size_bytes']:,} bytes); parity on {p['images']} test images: "
-             f"max abs diff {p.get('max_abs_diff', 0):.2e}, top-1 agreement {p.get('top1_agreement', 1):.4f}")
+    human = (f"exported {result['path']} ({result['size_bytes']:,} bytes{', encrypted' if result['encrypted'] else ''}"
+             f"); parity on {p['images']} test images: max abs diff {p.get('max_abs_diff', 0):.2e}, top-1 agreement "
+             f"{p.get('top1_agreement', 1):.4f}")
     _emit(result, args.json, human)
     return 0
 
@@ -240,12 +281,58 @@ def run_serve(args) -> int:
     def ready(info: dict) -> None:  # flushed: a script waits for this line while the server runs
         print(json.dumps({"schema_version": 1, **info}), flush=True)
 
-    serve(config_from_args(ServeConfig, args, models=args.models), on_ready=ready if args.json else None)
+    serve(config_from_args(ServeConfig, args, models=args.models), on_ready=ready if args.json else None,
+          access=access_from_args(args))
+    return 0
+
+
+def run_keys(args) -> int:
+    from .config import KeysConfig
+    from .crypto.keys import generate
+
+    paths = generate(config_from_args(KeysConfig, args).out)
+    summary = {"schema_version": 1, "signing_key": str(paths["signing.key"]),
+               "public_key": str(paths["signing.pub"]), "data_key": str(paths["data.key"])}
+    human = (f"wrote {summary['signing_key']} and {summary['data_key']} (secret: keep them owner-only, and the data "
+             f"key backed up) and {summary['public_key']} (share it: `verify --pubkey` checks with it)")
+    _emit(summary, args.json, human)
+    return 0
+
+
+def run_sign(args) -> int:
+    from .config import SignConfig
+    from .protect import sign_model
+
+    config = config_from_args(SignConfig, args, model_dir=args.model_dir)
+    result = sign_model(config.model_dir, config.signing_key, config.overwrite)
+    _emit(result, args.json, f"signed {result['model_dir']}: {result['signature']} covers {result['files']} files")
+    return 0
+
+
+def run_verify(args) -> int:
+    from .protect import verify_model
+
+    result = verify_model(args.model_dir, access_from_args(args))
+    human = (f"verified: {result['model_dir']} is intact and signed by {result['pubkey']} ({result['files']} files, "
+             f"version {result['version']})")
+    _emit(result, args.json, human)
+    return 0
+
+
+def run_crypt(args) -> int:
+    from .config import CryptConfig
+    from .protect import decrypt_model, encrypt_model
+
+    config = config_from_args(CryptConfig, args, model_dir=args.model_dir)
+    run = encrypt_model if args.command == "encrypt" else decrypt_model
+    result = run(config.model_dir, config.out, access_from_args(args))
+    _emit(result, args.json, f"{args.command}ed {result['model_dir']} -> {result['out']} ({result['files']} files)")
     return 0
 
 
 COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
-            "compress": run_compress, "export": run_export, "serve": run_serve}
+            "compress": run_compress, "export": run_export, "serve": run_serve, "keys": run_keys, "sign": run_sign,
+            "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
 
 
 def main(argv: list[str] | None = None) -> int:

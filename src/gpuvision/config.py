@@ -179,6 +179,8 @@ class CompressConfig(Validated):
     latency_repeats: int = setting(30, "timed runs per speed figure (median and p90 reported)", low=1,
                                    high=100_000)
     seed: int | None = setting(None, "seed (default: the parent's)", low=0, high=MAX_SEED)
+    plaintext: bool = setting(False, "write the variants of an encrypted model unencrypted (by default they are "
+                              "encrypted with the parent's data key)")
 
     def validate(self) -> CompressConfig:
         super().validate()
@@ -200,6 +202,57 @@ class ExportConfig(Validated):
     parity_images: int = setting(1000, "test images compared with PyTorch (0: all)", low=0)
     atol: float = setting(1e-4, "largest allowed absolute logit difference", low=0)
     min_agreement: float = setting(0.999, "smallest allowed top-1 agreement (near-ties may flip)", low=0, high=1)
+    plaintext: bool = setting(False, "write the export of an encrypted model unencrypted (by default it is "
+                              "encrypted with the model's data key, as OUT.enc)")
+
+
+@dataclass
+class Access(Validated):
+    """How a command opens the model directories it reads: one option group, on every such command (and serve).
+
+    With `pubkey`, a directory is refused unless its model.sig verifies with that key and covers exactly its files;
+    the data key (a file, else $GPUVISION_DATA_KEY; never the key itself on the command line, where other users can
+    read it) decrypts an encrypted model's files as they are read."""
+
+    pubkey: str | None = setting(None, "refuse the model unless its model.sig verifies with this public key (PEM)")
+    data_key: str | None = setting(None, "file holding the data key (64 hex characters) that decrypts an encrypted "
+                                   "model (default: $GPUVISION_DATA_KEY)")
+
+
+@dataclass
+class KeysConfig(Validated):
+    """Settings of `gpuvision keys generate`."""
+
+    out: str = setting("", "directory for signing.key, signing.pub and data.key (required; never overwritten)")
+
+    def validate(self) -> KeysConfig:
+        super().validate()
+        require(bool(self.out), "keys generate needs --out DIR", BadInput)
+        return self
+
+
+@dataclass
+class SignConfig(Validated):
+    """Settings of `gpuvision sign`."""
+
+    model_dir: str = setting(help="model directory", flag=False)
+    signing_key: str = setting("", "elliptic-curve private key in PEM, e.g. signing.key from `keys generate` "
+                               "(required)")
+    overwrite: bool = setting(False, "replace an existing model.sig (signing again with a new key)")
+
+    def validate(self) -> SignConfig:
+        super().validate()
+        require(bool(self.signing_key), "sign needs --signing-key FILE", BadInput)
+        return self
+
+
+@dataclass
+class CryptConfig(Validated):
+    """Settings of `gpuvision encrypt` and `gpuvision decrypt` (the data key comes from the access options)."""
+
+    model_dir: str = setting(help="model directory (decrypt: or an exported .enc file)", flag=False)
+    out: str | None = setting(None, "output directory, which must not exist (default: MODEL_DIR-encrypted or "
+                              "MODEL_DIR-decrypted; a decrypted .enc file loses its suffix)")
 
 
 @dataclass

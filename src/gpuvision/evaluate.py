@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import MANIFEST, ModelDir
-from .config import EvaluateConfig
+from .config import Access, EvaluateConfig
 from .data import load_images
 from .data.split import load_split
 from .errors import BadInput, NotFound, UserError, require
@@ -111,13 +111,13 @@ def report_dir(model_dir: Path, out: str | None) -> Path:
     return target
 
 
-def evaluate(config: EvaluateConfig | str, **settings) -> dict:
+def evaluate(config: EvaluateConfig | str, access: Access | None = None, **settings) -> dict:
     """Evaluate a model directory on its recorded split (or any labelled source); writes <split>.json + PNG into
-    the report directory."""
+    the report directory. `access`: the signature and data key options (see `ModelDir.open`)."""
     if isinstance(config, str):
         config = EvaluateConfig(model_dir=config, **settings)
     config.validate()
-    model_dir = ModelDir.open(config.model_dir)
+    model_dir = ModelDir.open(config.model_dir, access)
     out = report_dir(model_dir.path, config.out)
     model = Model(model_dir, open_runtime(model_dir, config.device))
     data = recorded_data(model_dir, config.data)

@@ -9,12 +9,14 @@ ONNX goes through the dynamo-based exporter with a dynamic batch dimension and i
 and run. Either way the logits on test images are compared with the eager PyTorch model, and the export fails
 (nothing is written) if they differ by more than the tolerance or are not finite. The files carry the class names
 and the input normalisation (ONNX metadata, a gpuvision.json entry in the .pt2), so a consumer needs nothing else.
+Exports are made and checked in memory; the export of an encrypted model is written encrypted with its data key
+(OUT.enc, AES-256-GCM; `gpuvision decrypt OUT.enc` restores OUT) unless --plaintext is given.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 
 from .artifact import MANIFEST, ModelDir
-from .config import ExportConfig
+from .config import Access, ExportConfig
+from .crypto import aead
 from .data.input_spec import normalise
 from .errors import BadInput, Unsupported, UserError, require
 from .evaluate import recorded_data, select_images
@@ -65,8 +68,8 @@ def _check(result: dict, config: ExportConfig, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------ formats
 @FORMATS.register("onnx")
-def _export_onnx(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor, tmp: Path,
-                 config: ExportConfig) -> dict:
+def _export_onnx(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor, config: ExportConfig
+                 ) -> tuple[dict, bytes]:
     m = model_dir.manifest
     spec = m.input
     meta = export_metadata(spec, m.classes, m.tta_level, m.architecture["name"], config.uint8_input)
@@ -83,13 +86,12 @@ def _export_onnx(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor
             return session.forward(normalise(x, spec))
     result = parity(lambda x: net(normalise(x, spec)), candidate, pixels, 250 if config.dynamic_batch else 1)
     _check(result, config, "the ONNX export (onnxruntime)")
-    atomic_write(tmp, lambda p: Path(p).write_bytes(blob))
-    return result
+    return result, blob
 
 
 @FORMATS.register("pt2")
-def _export_pt2(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor, tmp: Path,
-                config: ExportConfig) -> dict:
+def _export_pt2(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor, config: ExportConfig
+                ) -> tuple[dict, bytes]:
     require(not config.uint8_input, "--uint8-input applies to ONNX exports only", BadInput)
     m = model_dir.manifest
     spec = m.input
@@ -97,14 +99,15 @@ def _export_pt2(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor,
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if config.dynamic_batch else None
     program = torch.export.export(net, (example,), dynamic_shapes=shapes)
     meta = export_metadata(spec, m.classes, m.tta_level, m.architecture["name"])
-    torch.export.save(program, str(tmp), extra_files={"gpuvision.json": json.dumps(meta)})
-    # torch.export.load may unpickle parts of an archive, so gpuvision loads only the .pt2 it has just written
-    # itself (here, for the check); model directories never use .pt2 as a runtime format.
-    reloaded = torch.export.load(str(tmp)).module()
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"gpuvision.json": json.dumps(meta)})
+    # torch.export.load may unpickle parts of an archive, so gpuvision loads only the .pt2 it has just made itself,
+    # from memory (here, for the check); model directories never use .pt2 as a runtime format.
+    reloaded = torch.export.load(io.BytesIO(buffer.getvalue())).module()
     result = parity(lambda x: net(normalise(x, spec)), lambda x: reloaded(normalise(x, spec)), pixels,
                     250 if config.dynamic_batch else 1)
     _check(result, config, "the re-loaded torch.export program")
-    return result
+    return result, buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ command
@@ -120,41 +123,39 @@ def export_path(config: ExportConfig) -> Path:
     return out
 
 
-def export_model(config: ExportConfig) -> dict:
-    """Export, check parity on real test images, and return a summary (path, size, parity figures)."""
+def export_model(config: ExportConfig, access: Access | None = None) -> dict:
+    """Export, check parity on real test images, and return a summary (path, size, parity figures). `access`: the
+    signature and data key options (see `ModelDir.open`)."""
     config.validate()
     FORMATS.get(config.format)
-    model_dir = ModelDir.open(config.model_dir)
+    model_dir = ModelDir.open(config.model_dir, access)
     out = export_path(config)
+    model_dir.verify()  # every file, before anything is made: a damaged model is refused with nothing written
     if model_dir.manifest.format == "onnx":
-        return _copy_onnx(model_dir, config, out)
-    net = build_network(model_dir)
-    pixels = parity_pixels(model_dir, config.data, config.parity_images)
+        result, blob = _copy_onnx(model_dir, config)
+    else:
+        net = build_network(model_dir)
+        pixels = parity_pixels(model_dir, config.data, config.parity_images)
+        result, blob = FORMATS.get(config.format)(model_dir, net, pixels, config)
+    sealed = model_dir.encrypted and not config.plaintext
+    if sealed:
+        out, blob = out.with_name(out.name + ".enc"), aead.seal(model_dir.data_key, blob, aead.EXPORTED)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda p: Path(p).write_bytes(blob))
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create its directory ({e.strerror})") from e
-    tmp = out.with_name(f".tmp-{out.name}")  # torch.export wants the .pt2 suffix
-    try:
-        result = FORMATS.get(config.format)(model_dir, net, pixels, tmp, config)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from e
     return {"schema_version": 1, "model_dir": str(config.model_dir), "format": config.format, "path": str(out),
-            "size_bytes": out.stat().st_size, "dynamic_batch": config.dynamic_batch,
+            "size_bytes": len(blob), "encrypted": sealed,
+            "dynamic_batch": config.dynamic_batch or model_dir.manifest.format == "onnx",
             "uint8_input": config.uint8_input, "parity": result}
 
 
-def _copy_onnx(model_dir: ModelDir, config: ExportConfig, out: Path) -> dict:
-    """A model directory that is already ONNX (an int8 variant): write its verified bytes; its metadata is inside."""
+def _copy_onnx(model_dir: ModelDir, config: ExportConfig) -> tuple[dict, bytes]:
+    """A model directory that is already ONNX (an int8 variant): its verified bytes; its metadata is inside."""
     m = model_dir.manifest
     require(config.format == "onnx", f"{config.model_dir} holds an ONNX model ({m.inference.name}); it can only be "
             "exported as onnx", Unsupported)
     require(not config.uint8_input, f"{config.model_dir} is already ONNX; --uint8-input needs a PyTorch model",
             Unsupported)
-    blob = model_dir.read(m.weights)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda p: Path(p).write_bytes(blob))
-    return {"schema_version": 1, "model_dir": str(config.model_dir), "format": "onnx", "path": str(out),
-            "size_bytes": out.stat().st_size, "dynamic_batch": True, "uint8_input": False,
-            "parity": {"images": 0, "note": "copied unchanged from the verified model directory"}}
+    return {"images": 0, "note": "copied unchanged from the verified model directory"}, model_dir.read(m.weights)

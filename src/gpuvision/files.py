@@ -5,9 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import Unsupported, require
+
+MEMORY_FS = "/dev/shm"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
@@ -17,14 +23,14 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any other new file
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; the result should read like any other new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -41,3 +47,27 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def memory_workspace() -> Iterator[Path]:
+    """A fresh owner-only directory in memory (the tmpfs at /dev/shm), with `tempfile`'s directory pointed into it
+    meanwhile; both are undone afterwards. For work on decrypted weights by libraries that insist on files
+    (onnxruntime's quantisation, the Trainer's output): the plaintext then never reaches a disk."""
+    require(_is_tmpfs(MEMORY_FS), f"this needs a memory file system at {MEMORY_FS} (Linux) to keep decrypted "
+            "weights off the disk; run it on Linux, or decrypt the model first", Unsupported)
+    path, saved = tempfile.mkdtemp(prefix="gpuvision-", dir=MEMORY_FS), tempfile.tempdir
+    tempfile.tempdir = path
+    try:
+        yield Path(path)
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_tmpfs(path: str) -> bool:
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[1:3] == [path, "tmpfs"] for line in mounts)

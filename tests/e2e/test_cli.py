@@ -94,7 +94,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, digits_run):
     _error(gv("train", "--data", tmp_path / "empty", "--out", tmp_path / "b", check=False), "empty")
     _error(gv("train", "--model", "nope", "--out", tmp_path / "c", check=False), "invalid choice: 'nope'")
     _error(gv("train", "--bogus-flag", check=False), "unrecognized arguments")
-    _error(gv("train", "--precision", "fp8", "--out", tmp_path / "d", check=False), "unknown precision")
+    _error(gv("train", "--precision", "fp8", "--out", tmp_path / "d", check=False), "invalid choice: 'fp8'")
     _error(gv("train", "--out", out, check=False), "--overwrite")
     _error(gv("train", "--resume", "--out", tmp_path / "nothing", check=False), "nothing to resume")
     _error(gv("train", "--device", "cuda", "--out", tmp_path / "e", check=False), "no CUDA")

@@ -59,7 +59,7 @@ def test_bad_compress_input_exits_2_and_writes_nothing(capsys, tmp_path, cifar_m
         ([cifar_model, "--data", cifar_subset, "--method", "shrink"], "--method"),
         ([cifar_model, "--data", cifar_subset, "--target-sparsity", "1.5"], "--target-sparsity"),
         ([cifar_model, "--data", cifar_subset, "--method", "distill", "--student", "fastnet"], "must be smaller"),
-        ([cifar_model, "--data", cifar_subset, "--method", "distill", "--student", "vgg"], "unknown model"),
+        ([cifar_model, "--data", cifar_subset, "--method", "distill", "--student", "vgg"], "invalid choice"),
         ([cifar_model, "--data", other, "--method", "int8"], "not the model's"),
         ([int8_run[0] / "int8", "--data", cifar_subset, "--method", "prune"], "onnx model"),
         ([cifar_model], "--data"),

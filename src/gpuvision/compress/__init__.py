@@ -8,10 +8,16 @@ report.json, report.md and report.png comparing the original with every variant 
 measured before its manifest is written, so its manifest records the fastest backend and precision for this
 machine (`inference`) and what was done from which parent (`compression`), and is never rewritten. Every variant
 keeps the parent's test split: fine-tuning and distillation train on the parent's training images only.
+
+The variants of an encrypted model are encrypted with its data key (unless --plaintext): each is made in a private
+directory in memory (/dev/shm, where onnxruntime's and the Trainer's intermediate files go too) and stored
+encrypted, and nothing is compiled with inductor, which would cache the weights on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -22,12 +28,15 @@ import numpy as np
 import torch
 
 from ..artifact import Manifest, ModelDir, draft, library_versions, write_manifest
-from ..config import CompressConfig
+from ..config import Access, CompressConfig
 from ..data import ImageSet, Split, load_images, make_split
 from ..data.input_spec import normalise
 from ..data.split import load_split
 from ..errors import BadInput, Unsupported, UserError, require
+from ..files import memory_workspace
+from ..protect import encrypt_dir
 from ..registry import Registry
+from ..runtime import build_network
 
 Event = Callable[..., None]
 METHODS: Registry[Callable] = Registry("compression method")
@@ -35,11 +44,13 @@ METHODS: Registry[Callable] = Registry("compression method")
 PLANS = {"prune": ["prune"], "int8": ["int8"], "distill": ["distill"],
          "all": ["prune", "int8", "distill", "prune+int8", "distill+int8"]}
 MARKER = ".gpuvision-compress"  # marks an output directory compress is writing (or wrote: report.json)
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Context:
-    """What every method shares: the settings, the parent, its images and split, the rows measured so far."""
+    """What every method shares: the settings, the parent, its images and split, the rows measured so far, and
+    the access options the parent was opened with (a teacher is opened with them again)."""
 
     config: CompressConfig
     parent: ModelDir
@@ -47,6 +58,7 @@ class Context:
     split: Split
     emit: Event = field(default=lambda *a, **k: None)
     rows: dict[str, dict] = field(default_factory=dict)
+    access: Access | None = None
 
     @property
     def test_images(self) -> np.ndarray:
@@ -91,7 +103,8 @@ def finish_variant(ctx: Context, parent: ModelDir, out: Path, manifest: Manifest
     manifest = replace(manifest, compression={**record, "parent": str(parent.path), "parent_version": parent.version,
                                               "steps": [*lineage, record["method"]],
                                               "original": str(ctx.parent.path)},
-                       versions=library_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                       versions=library_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       encryption=None)  # made in plaintext from the parent's manifest; encrypted (or not) later
     listed = list(dict.fromkeys([*files, split_file]))
     row, inference = measure(ctx, out.name.replace("-", "+"), draft(out, manifest, listed))
     ctx.rows[row["name"]] = row
@@ -130,7 +143,7 @@ def train_variant(ctx: Context, source: ModelDir, out: Path, name: str, args: di
                    test_fraction=settings.get("test_fraction", 0.2),
                    seed=ctx.config.seed if ctx.config.seed is not None else parent.seed, device=ctx.config.device,
                    compile="off", eval_every=0, checkpoint_every=0, pretrained=pretrained,
-                   strict=settings.get("strict", False), out=str(out), finalize=finalize,
+                   strict=settings.get("strict", False), out=str(out), finalize=finalize, access=ctx.access,
                    on_event=lambda event, **info: ctx.emit("train", stage=out.name, train_event=event, **info))
     return result.manifest
 
@@ -197,19 +210,28 @@ def _out_dir(config: CompressConfig) -> Path:
     return out
 
 
-def compress(config: CompressConfig, on_event: Event | None = None) -> dict:
+def compress(config: CompressConfig, on_event: Event | None = None, access: Access | None = None) -> dict:
     """Run the methods of `config.method` on a model directory, measure everything, write the report; returns it.
-    A failure removes the output directory again: no half-made variants are left."""
+    A failure removes the output directory again: no half-made variants are left. `access`: the signature and data
+    key options the parent is opened with (see `ModelDir.open`)."""
     from .report import measure_originals, write_report
 
     config.validate()
-    parent = ModelDir.open(config.model_dir)
+    parent = ModelDir.open(config.model_dir, access)
     require(config.method in PLANS, f"--method must be one of {', '.join(PLANS)}, got {config.method!r}", BadInput)
     _check_applicable(config, parent.manifest)
     out = _out_dir(config)
+    parent.verify()  # every file, and the weights load, before anything is written: a damaged model leaves nothing
+    build_network(parent)
     images, split = _load_data(config, parent)
+    secret = parent.encrypted and not config.plaintext
+    if secret and config.compile:
+        log.info("%s is encrypted: inductor runtimes are not measured (inductor caches weights on disk)", parent.path)
+        config = replace(config, compile=False)
     emit = on_event or (lambda *a, **k: None)
-    ctx = Context(config, parent, images, split, emit)
+    ctx = Context(config, parent, images, split, emit, access=access)
+    # Variants are opened again with the data key only: they are not signed (sign them after compressing).
+    variant_access = replace(access or Access(), pubkey=None)
     if out.exists():
         shutil.rmtree(out)  # --overwrite, checked above; only now that every input is known to be good
     try:
@@ -219,14 +241,18 @@ def compress(config: CompressConfig, on_event: Event | None = None) -> dict:
         raise UserError(f"--out {out}: cannot write there ({e.strerror})") from e
     try:
         dirs, seconds = {}, {}
-        for step in PLANS[config.method]:
-            *before, method = step.split("+")
-            source = dirs[before[-1]] if before else parent
-            target = out / step.replace("+", "-")
-            emit("stage", stage=step, text=f"{step}: {method} of {source.path} -> {target}")
-            started = time.perf_counter()
-            METHODS.get(method)(ctx, source, target)
-            dirs[step], seconds[step] = ModelDir.open(target), time.perf_counter() - started
+        with memory_workspace() if secret else contextlib.nullcontext(out) as workspace:
+            for step in PLANS[config.method]:
+                *before, method = step.split("+")
+                source = dirs[before[-1]] if before else parent
+                target = out / step.replace("+", "-")
+                emit("stage", stage=step, text=f"{step}: {method} of {source.path} -> {target}")
+                started = time.perf_counter()
+                METHODS.get(method)(ctx, source, workspace / target.name)
+                if secret:  # made in memory, stored encrypted with the parent's key
+                    encrypt_dir(ModelDir.open(workspace / target.name), target, parent.data_key)
+                    ctx.rows[step]["dir"] = str(target)
+                dirs[step], seconds[step] = ModelDir.open(target, variant_access), time.perf_counter() - started
         rows = measure_originals(ctx)
         for step in PLANS[config.method]:
             rows.append({**ctx.rows[step], "seconds_to_make": seconds[step]})

@@ -36,6 +36,7 @@ def candidates(model_dir: ModelDir, compile: bool, device: torch.device) -> dict
     if m.format != "safetensors":
         return {m.inference.name: lambda: open_runtime(model_dir, device)}
     found = {}
+    compile = compile and not model_dir.encrypted  # inductor would cache the decrypted weights on disk
     for precision in (p for p in fast_precisions(device) if p != "fp16"):
         for backend in ("eager", "inductor") if compile else ("eager",):
             found[f"{backend}-{precision}"] = lambda b=backend, p=precision: open_runtime(model_dir, device, b, p)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..progress import Heartbeat
 from .limits import allocate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -152,10 +153,12 @@ def decode_set(items: list[bytes | Path], image_size: tuple[int, int] | None, ch
     out = allocate((len(readable), channels, *size), max_bytes, what)
     kept = []
     decode = partial(_decode_all, size=size, channels=channels)
-    for i, arr in zip(readable, _parallel_map(decode, [items[i] for i in readable])):
+    heartbeat = Heartbeat(f"decoding {what}", len(readable), "images")
+    for n, (i, arr) in enumerate(zip(readable, _parallel_map(decode, [items[i] for i in readable])), 1):
         if arr is not None:
             out[len(kept)] = arr.transpose(2, 0, 1)
             kept.append(i)
+        heartbeat(n)
     native = Counter(f"{headers[i][0]}x{headers[i][1]}" for i in kept)
     return out[: len(kept)], kept, dict(native)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError, require
+from ..errors import IntegrityError, UserError, require
 from ..files import write_json
 from .imageset import ImageSet
 
@@ -111,10 +111,16 @@ def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
     })
 
 
-def load_split(path: Path, images: ImageSet) -> Split:
-    """The saved split as indices into images; a changed source is a UserError, never a different test set."""
-    saved = json.loads(Path(path).read_text())
-    if saved["source_fingerprint"] != images.fingerprint:
+def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
+    """The saved split (a file, its bytes, or its parsed JSON: a model directory's verified read) as indices into
+    images; a changed source is a UserError, never a different test set."""
+    if isinstance(saved, Path):
+        saved = saved.read_bytes()
+    if isinstance(saved, bytes):
+        saved = json.loads(saved)
+    require(isinstance(saved, dict) and all(isinstance(saved.get(p), list) for p in ("train", "val", "test")),
+            "the recorded split is malformed (not {source_fingerprint, train, val, test})", IntegrityError)
+    if saved.get("source_fingerprint") != images.fingerprint:
         raise UserError(
             f"{images.source} changed since the model was trained, so its recorded split no longer exists; "
             "evaluate with --split all, or retrain"

@@ -6,22 +6,28 @@
     runtime.logits(uint8_batch, tta=True)              # N x C x H x W uint8 -> fp32 logits
 
 The precision is the recorded one, never lower; where it is slow on this device (bf16 on a CPU without AMX or
-AVX-512-BF16) it runs in fp32, logged once. Compiled backends pad batches to power-of-two buckets.
+AVX-512-BF16) it runs in fp32, logged once. Compiled backends pad batches to power-of-two buckets. An encrypted
+model runs eager instead of inductor: inductor writes the code it generates, with the frozen weights as constants,
+into its cache on disk.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..artifact import BACKENDS, ModelDir
+from ..config import Access
 from ..device import inference_precision, pick_device, pick_precision
 from ..errors import BadInput, NotFound, Unsupported, require
 from .base import Runtime, bucket, tta_logits
 from .onnx import OnnxRuntime, export_metadata, onnx_model, serialize
 from .torch_backends import EagerRuntime, InductorRuntime, build_network
+
+log = logging.getLogger(__name__)
 
 
 def open_runtime(model_dir: ModelDir, device: str | torch.device = "auto", backend: str | None = None,
@@ -41,6 +47,10 @@ def open_runtime(model_dir: ModelDir, device: str | torch.device = "auto", backe
     else:
         precision = pick_precision(precision, dev)
     net = build_network(model_dir)
+    if backend == "inductor" and model_dir.encrypted:
+        log.info("%s is encrypted: running it eager, since inductor would cache its decrypted weights on disk",
+                 model_dir.path)
+        backend = "eager"
     if backend == "onnxruntime":
         require(precision == "fp32", "the onnxruntime backend runs a PyTorch model in fp32 only", Unsupported)
         meta = export_metadata(m.input, m.classes, m.tta_level, m.architecture["name"])
@@ -94,10 +104,11 @@ class Model:
         return conform(arrays, self.spec.size, self.spec.channels)
 
 
-def load(directory: str | Path, device: str = "auto", backend: str | None = None, precision: str | None = None
-         ) -> Model:
-    """Load a model directory after verifying it: `gpuvision.load("runs/x").predict(["cat.png"])`."""
-    model_dir = ModelDir.open(directory)
+def load(directory: str | Path, device: str = "auto", backend: str | None = None, precision: str | None = None,
+         access: Access | None = None) -> Model:
+    """Load a model directory after verifying it: `gpuvision.load("runs/x").predict(["cat.png"])`; `access` says
+    which key it must be signed with and which data key decrypts it (see `ModelDir.open`)."""
+    model_dir = ModelDir.open(directory, access)
     return Model(model_dir, open_runtime(model_dir, device, backend, precision))
 
 

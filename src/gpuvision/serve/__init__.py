@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import ServeConfig
+from ..config import Access, ServeConfig
 from ..errors import BadInput, NotFound, Unsupported, require
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ def read_key(path: str) -> str:
     return key
 
 
-def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None) -> None:
+def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, access: Access | None = None
+          ) -> None:
     """Serve the models the config names until SIGTERM or SIGINT (the `gpuvision serve` command).
 
     on_ready gets {url, models: [{name, version, runtime, choice}]} once the models are warm, as serving starts."""
@@ -47,7 +48,7 @@ def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None) -
     for flag, path in (("--ssl-certfile", config.ssl_certfile), ("--ssl-keyfile", config.ssl_keyfile)):
         require(path is None or Path(path).is_file(), f"{flag} {path}: no such file", NotFound)
     with listen(config.host, config.port) as sock:  # first: a taken port fails before the models load
-        models = open_models(config)
+        models = open_models(config, access)
         app = build_app(models, config, key)
         url = f"{'https' if config.ssl_certfile else 'http'}://{config.host}:{sock.getsockname()[1]}"
         log.info("serving %s on %s (OpenAPI at /openapi.json; SIGTERM or Ctrl-C stops)",

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..artifact import MANIFEST, ModelDir
-from ..config import ServeConfig
+from ..config import Access, ServeConfig
 from ..device import describe_device, pick_device
 from ..errors import BadInput, NotFound, require
 from ..runtime import Model, Runtime, bucket, open_runtime
@@ -73,9 +73,9 @@ def model_paths(config: ServeConfig) -> dict[str, Path]:
     return paths
 
 
-def load_model(path: Path, config: ServeConfig) -> ModelDir:
-    """Open a model directory for serving (verified reads); the one place the server does so."""
-    return ModelDir.open(path)
+def load_model(path: Path, access: Access | None) -> ModelDir:
+    """Open a model directory for serving (verified, signed or decrypted reads); the one place the server does so."""
+    return ModelDir.open(path, access)
 
 
 def choose_runtime(model_dir: ModelDir, device: torch.device, asked: str, max_batch: int
@@ -111,11 +111,11 @@ def measure(runtime: Runtime, max_batch: int) -> dict[str, float]:
     return out
 
 
-def open_models(config: ServeConfig) -> list[ServedModel]:
+def open_models(config: ServeConfig, access: Access | None = None) -> list[ServedModel]:
     """Load, choose a runtime for, and warm up every model the config names (each batch bucket run once)."""
     device = pick_device(config.device)
     paths = model_paths(config)
-    model_dirs = {name: load_model(path, config) for name, path in paths.items()}  # every directory checked first
+    model_dirs = {name: load_model(path, access) for name, path in paths.items()}  # every directory checked first
     served = []
     for name, model_dir in model_dirs.items():
         runtime, choice, timings = choose_runtime(model_dir, device, config.runtime, config.max_batch_size)

@@ -31,7 +31,7 @@ from ..artifact import (
     save_weights,
     write_manifest,
 )
-from ..config import RESUMABLE_SETTINGS, TrainConfig
+from ..config import RESUMABLE_SETTINGS, Access, TrainConfig
 from ..data import load_images, make_split
 from ..data.input_spec import InputSpec
 from ..data.loader import DeviceLoader, StreamingLoader
@@ -102,8 +102,10 @@ class Trainer:
     """Trains one model from a TrainConfig; `run()` does all phases. `finalize` may complete the manifest before
     it is written (compress records what it did there)."""
 
-    def __init__(self, config: TrainConfig, on_event: Event | None = None, finalize: Finalize | None = None):
+    def __init__(self, config: TrainConfig, on_event: Event | None = None, finalize: Finalize | None = None,
+                 access: Access | None = None):
         self.config = replace(config).validate()
+        self.access = access  # how model directories the recipe reads (a distillation teacher) are opened
         self.emit = on_event or (lambda *a, **k: None)
         self.listening = on_event is not None
         self.finalize = finalize
@@ -183,6 +185,7 @@ class Trainer:
         self.recipe = create_recipe(default_recipe(name) if cfg.recipe == "auto" else cfg.recipe,
                                     epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                                     **cfg.recipe_args)
+        self.recipe.access = self.access
         self.recipe.resolve(len(self.split.train), self.image_side)
         args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": self.image_side,
                 **cfg.model_args}
@@ -403,10 +406,11 @@ class Trainer:
 
 
 def train(config: TrainConfig | None = None, on_event: Event | None = None, finalize: Finalize | None = None,
-          **settings) -> TrainResult:
-    """Train a model: `gpuvision.train(data="digits", epochs=5)`; settings are TrainConfig fields."""
+          access: Access | None = None, **settings) -> TrainResult:
+    """Train a model: `gpuvision.train(data="digits", epochs=5)`; settings are TrainConfig fields; `access` opens a
+    model directory the recipe reads (the distill recipe's teacher: see `ModelDir.open`)."""
     config = replace(config or TrainConfig(), **settings)
-    return Trainer(config, on_event, finalize).run()
+    return Trainer(config, on_event, finalize, access).run()
 
 
 __all__ = ["Event", "Trainer", "TrainResult", "train"]

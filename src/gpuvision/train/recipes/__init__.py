@@ -37,6 +37,7 @@ class Recipe:
 
     settings: BaseSettings
     loss_reduction = "mean"  # "sum" when the learning rate is per example (the loss scales with the batch)
+    access = None  # config.Access: how a model directory the recipe reads (a teacher) is opened; set by the Trainer
 
     def __init__(self, **overrides):
         names = {f.name for f in fields(self.settings)}

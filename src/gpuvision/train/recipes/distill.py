@@ -78,11 +78,12 @@ class DistillRecipe(Recipe):
 
     # ------------------------------------------------------------------------------------- teacher
     def prepare(self, model: nn.Module) -> None:
-        from ...artifact import load
+        from ...runtime import load
 
         device = next(model.parameters()).device
         # fp32: the soft labels should not carry the teacher's rounding errors on top of the student's.
-        self.teacher = load(self.distill.teacher, device=str(device), precision="fp32").net
+        self.teacher = load(self.distill.teacher, device=str(device), backend="eager", precision="fp32",
+                            access=self.access).runtime.net
         self.base.prepare(model)
 
     # ------------------------------------------------------------------------------------- loss
