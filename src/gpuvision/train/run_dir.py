@@ -10,9 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from dataclasses import fields, replace
+from datetime import datetime
 from pathlib import Path
 
 from ..artifact import MANIFEST
+from ..config import RESUMABLE_SETTINGS, TrainConfig
 from ..errors import BadInput, UserError, require
 
 MARKER = ".gpuvision-run"  # present from the start of a run until its manifest is written
@@ -78,3 +81,31 @@ def start(out: Path) -> None:
 
 def finish(out: Path) -> None:
     (out / MARKER).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ settings of a run
+def default_out(data_name: str) -> Path:
+    return Path("runs") / f"{data_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def absolute_data(data: str) -> str:
+    return data if data == "digits" else str(Path(data).expanduser().resolve())
+
+
+def resumed_config(given: TrainConfig, saved: dict) -> TrainConfig:
+    """The checkpoint's settings; a given setting that differs from both its default and the checkpoint's value
+    would change the run, so it is refused (only RESUMABLE_SETTINGS may change)."""
+    try:
+        default, saved_config = TrainConfig(), TrainConfig(**saved)
+    except TypeError as e:
+        raise UserError(f"--resume: the checkpoint's settings do not fit this gpuvision ({e}); start again with "
+                        "--overwrite") from e
+    conflicts = [f.name for f in fields(TrainConfig) if f.name not in RESUMABLE_SETTINGS
+                 and getattr(given, f.name) != getattr(default, f.name)
+                 and getattr(given, f.name) != getattr(saved_config, f.name)]
+    require(not conflicts, f"--resume continues the run as it was started; these settings differ from its "
+            f"checkpoint: {', '.join('--' + c.replace('_', '-') for c in conflicts)} (drop them, or start a new run)",
+            BadInput)
+    kept = {name: getattr(given, name) for name in RESUMABLE_SETTINGS
+            if name not in ("resume", "overwrite") and getattr(given, name) != getattr(default, name)}
+    return replace(saved_config, **kept, resume=True, overwrite=False).validate()

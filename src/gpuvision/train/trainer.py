@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from ..artifact import (
     save_weights,
     write_manifest,
 )
-from ..config import RESUMABLE_SETTINGS, Access, TrainConfig
+from ..config import Access, TrainConfig
 from ..data import load_images, make_split
 from ..data.input_spec import InputSpec
 from ..data.loader import DeviceLoader, StreamingLoader
@@ -65,10 +65,6 @@ class TrainResult:
     seconds: float
 
 
-def _default_out(data_name: str) -> Path:
-    return Path("runs") / f"{data_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def _should_stream(choice: str, train_images: torch.Tensor, device: torch.device) -> bool:
     """auto: stream only from host to a CUDA device that the training images would fill more than half of."""
     if choice != "auto":
@@ -77,25 +73,6 @@ def _should_stream(choice: str, train_images: torch.Tensor, device: torch.device
         return False
     free, _ = torch.cuda.mem_get_info(device)
     return train_images.numel() > free // 2
-
-
-def _absolute_data(data: str) -> str:
-    return data if data == "digits" else str(Path(data).expanduser().resolve())
-
-
-def _resumed_config(given: TrainConfig, saved: dict) -> TrainConfig:
-    """The checkpoint's settings; a given setting that differs from both its default and the checkpoint's value
-    would change the run, so it is refused (only RESUMABLE_SETTINGS may change)."""
-    default, saved_config = TrainConfig(), TrainConfig(**saved)
-    conflicts = [f.name for f in fields(TrainConfig) if f.name not in RESUMABLE_SETTINGS
-                 and getattr(given, f.name) != getattr(default, f.name)
-                 and getattr(given, f.name) != getattr(saved_config, f.name)]
-    require(not conflicts, f"--resume continues the run as it was started; these settings differ from its "
-            f"checkpoint: {', '.join('--' + c.replace('_', '-') for c in conflicts)} (drop them, or start a new run)",
-            BadInput)
-    kept = {name: getattr(given, name) for name in RESUMABLE_SETTINGS
-            if name not in ("resume", "overwrite") and getattr(given, name) != getattr(default, name)}
-    return replace(saved_config, **kept, resume=True, overwrite=False).validate()
 
 
 class Trainer:
@@ -116,7 +93,7 @@ class Trainer:
         """Data, split, model, loaders, optimizer; restores the checkpoint when resuming. Writes nothing until
         everything that can fail on bad input has run, so a refused run leaves no directory behind."""
         cfg = self.config
-        cfg.data = _absolute_data(cfg.data)
+        cfg.data = run_dir.absolute_data(cfg.data)
         if cfg.resume:
             cfg = self._open_resume()
         self.device = pick_device(cfg.device)
@@ -128,7 +105,7 @@ class Trainer:
                     f"--resume: {cfg.data} changed since the run started, so its split (and test images) would "
                     "change; restore the data or start a new run", BadInput)
         else:
-            cfg.out = cfg.out or str(_default_out(self.images.name))
+            cfg.out = cfg.out or str(run_dir.default_out(self.images.name))
             run_dir.check_out(Path(cfg.out), cfg.data, cfg.overwrite)
         self.out = Path(cfg.out)
         self.split = make_split(self.images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
@@ -174,7 +151,7 @@ class Trainer:
         self.lock = run_dir.RunLock(out)
         self.lock.acquire()
         self.checkpoint = load_checkpoint(latest_checkpoint(out / "checkpoints"))
-        self.config = _resumed_config(self.config, self.checkpoint["config"])
+        self.config = run_dir.resumed_config(self.config, self.checkpoint["config"])
         return self.config
 
     def _build_model(self) -> None:
