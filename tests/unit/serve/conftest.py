@@ -19,7 +19,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(digits_model, tmp_path_factory):
+def served(tiny_model, tmp_path_factory):
     """The digits model as `digits`, eager, two executors, a 0.5 MB body limit, behind an API key."""
     pytest.importorskip("fastapi")
     from gpuvision.config import ServeConfig
@@ -29,7 +29,7 @@ def served(digits_model, tmp_path_factory):
 
     key_file = tmp_path_factory.mktemp("key") / "key"
     key_file.write_text(KEY + "\n")
-    config = ServeConfig(models=[f"digits={digits_model}"], runtime="eager", device="cpu", instances=2,
+    config = ServeConfig(models=[f"digits={tiny_model}"], runtime="eager", device="cpu", instances=2,
                          max_wait_ms=200, max_body_mb=0.5, api_key_file=str(key_file)).validate()
     models = open_models(config)
     sock = listen("127.0.0.1", 0)

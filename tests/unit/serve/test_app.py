@@ -62,7 +62,7 @@ def test_triton_client_reads_metadata_and_infers_as_the_runtime_does(served):
     assert wrong.status_code == 404 and version in wrong.json()["error"]
 
 
-def test_upload_api_predicts_as_gpuvision_predict_does(served, digits_model, tmp_path):
+def test_upload_api_predicts_as_gpuvision_predict_does(served, tiny_model, tmp_path):
     import gpuvision
 
     images = digits(3)
@@ -70,7 +70,7 @@ def test_upload_api_predicts_as_gpuvision_predict_does(served, digits_model, tmp
     for i, image in enumerate(images):
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(png(image))
-    expected = gpuvision.load(digits_model, device="cpu").predict(paths, top_k=3, tta=False)
+    expected = gpuvision.load(tiny_model, device="cpu").predict(paths, top_k=3, tta=False)
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
     answer = httpx.post(f"{served.url}/models/digits/predict?top_k=3", files=files, headers=served.headers).json()
     raw = httpx.post(f"{served.url}/models/digits/predict?top_k=3", content=paths[0].read_bytes(),

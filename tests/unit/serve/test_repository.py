@@ -61,9 +61,9 @@ def test_buckets_up_to_the_largest_batch_are_warmed():
     assert warmup_sizes(12) == [1, 2, 4, 8, 12]
 
 
-def test_runtime_choice_asked_recorded_measured_or_onnx(digits_model, tmp_path):
+def test_runtime_choice_asked_recorded_measured_or_onnx(tiny_model, tmp_path):
     cpu = torch.device("cpu")
-    model_dir = ModelDir.open(digits_model)
+    model_dir = ModelDir.open(tiny_model)
     runtime, choice, _ = choose_runtime(model_dir, cpu, "eager", 8)
     assert (runtime.name, choice) == ("eager-fp32", "asked")
     runtime, choice, timings = choose_runtime(model_dir, cpu, "auto", 8)
@@ -72,7 +72,7 @@ def test_runtime_choice_asked_recorded_measured_or_onnx(digits_model, tmp_path):
 
     m = model_dir.manifest
     recorded = tmp_path / "recorded"
-    shutil.copytree(digits_model, recorded)
+    shutil.copytree(tiny_model, recorded)
     write_manifest(recorded, replace(m, inference=Inference("eager", "fp32", describe_device(cpu))), list(m.files))
     assert choose_runtime(ModelDir.open(recorded), cpu, "auto", 8)[1] == "manifest"
 
@@ -81,7 +81,7 @@ def test_runtime_choice_asked_recorded_measured_or_onnx(digits_model, tmp_path):
     meta = export_metadata(m.input, m.classes, m.tta_level, m.architecture["name"])
     proto = onnx_model(build_network(model_dir), torch.zeros(2, 1, 8, 8), meta)
     (onnx_dir / "model.onnx").write_bytes(serialize(proto))
-    shutil.copy(digits_model / m.split.file, onnx_dir / m.split.file)
+    shutil.copy(tiny_model / m.split.file, onnx_dir / m.split.file)
     write_manifest(onnx_dir, replace(m, format="onnx", weights="model.onnx", inference=Inference("onnxruntime")),
                    ["model.onnx", m.split.file])
     runtime, choice, _ = choose_runtime(ModelDir.open(onnx_dir), cpu, "auto", 8)
