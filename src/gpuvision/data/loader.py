@@ -92,20 +92,21 @@ class StreamingLoader(DeviceLoader):
     """Batches gathered on the host from (pinned) memory and copied to the device ahead of use.
 
     For data sets larger than the device memory: a background thread gathers the next batches by index into
-    pinned buffers and starts their copies (non-blocking, on a side CUDA stream), so copying overlaps the current
-    step; augmentation still runs batched on the device. `wait_seconds` counts the time the training loop spent
-    waiting for a batch, to report the share of step time lost to data.
+    pinned buffers and starts their copies, images and indices alike (non-blocking, on a side CUDA stream), so
+    copying overlaps the current step; augmentation still runs batched on the device. `wait_seconds` counts the
+    time the training loop spent waiting for a batch, to report the share of step time lost to data.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std, device: torch.device,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = True, prefetch: int = 3):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = True, prefetch: int = 3,
+                 drop_last: bool = False):
         pin = device.type == "cuda"
         host_images = images.cpu().pin_memory() if pin else images.cpu()
         # The permutation is drawn on the host (the images are there); augmentation draws on the device generator.
         self.host_generator = torch.Generator().manual_seed(_draw_seed(generator))
         super().__init__(host_images, labels.to(device), batch_size, mean, std, augment, generator, dtype,
-                         channels_last)
+                         channels_last, drop_last)
         self.device, self.pin, self.prefetch, self.wait_seconds = device, pin, prefetch, 0.0
         self.mean, self.inv_std = self.mean.to(device), self.inv_std.to(device)
         if hasattr(self, "base_flip"):
@@ -129,12 +130,14 @@ class StreamingLoader(DeviceLoader):
                 torch.index_select(self.images, 0, idx, out=batch)
                 if stream is not None:
                     with torch.cuda.stream(stream):
+                        # pinned, so the index copy does not block this thread as a pageable one would
                         on_device = batch.to(self.device, non_blocking=True)
+                        idx = idx.pin_memory().to(self.device, non_blocking=True)
                         ready = torch.cuda.Event()
                         ready.record(stream)
                 else:
                     on_device, ready = batch, None
-                slots.put((on_device, idx.to(self.device), ready, batch))
+                slots.put((on_device, idx, ready))
             slots.put(None)
 
         worker = threading.Thread(target=produce, daemon=True)
@@ -146,9 +149,14 @@ class StreamingLoader(DeviceLoader):
                 self.wait_seconds += time.perf_counter() - started
                 if item is None:
                     return
-                on_device, idx, ready, _pinned = item  # the pinned buffer lives until its copy is consumed
+                on_device, idx, ready = item
                 if ready is not None:
-                    torch.cuda.current_stream(self.device).wait_event(ready)
+                    main = torch.cuda.current_stream(self.device)
+                    main.wait_event(ready)
+                    # Made on the side stream, used on this one: without this the allocator could hand their
+                    # memory to the next copy once Python drops them, while this stream's kernels still read it.
+                    on_device.record_stream(main)
+                    idx.record_stream(main)
                 yield on_device, idx
         finally:
             stop.set()
@@ -165,7 +173,7 @@ class StreamingLoader(DeviceLoader):
             for images, idx in self._batches(torch.arange(n)):
                 yield self.normalise(images), self.labels[idx]
             return
-        order = torch.randperm(n, generator=self.host_generator)
+        order = torch.randperm(n, generator=self.host_generator)[: len(self) * self.batch_size]  # drop_last
         for images, idx in self._batches(order):
             yield self._augment(images, idx, epoch), self.labels[idx]
 
