@@ -69,12 +69,21 @@ def gpuvision_plan(n_train: int, image_size: int = 32, classes: int = 10, **over
     model.to(META, memory_format=torch.channels_last)
     recipe.prepare(model)
     optimizer = recipe.optimizer(model, META, model_spec("fastnet"))
-    steps = math.ceil(s.epochs * epoch_steps(n_train, s.batch_size, s.drop_last))
-    grads, opt = _step_flops(model, optimizer, lambda z, y: recipe.loss(z, y, None), s.batch_size, image_size, classes)
+    per_epoch = epoch_steps(n_train, s.batch_size, s.drop_last)
+    steps = math.ceil(s.epochs * per_epoch)
+    augment = recipe.augment(image_size)
+    steps_at: dict[int, int] = {}  # image side -> steps (progressive resizing trains the first epochs smaller)
+    for epoch in range(math.ceil(steps / per_epoch)):
+        side = augment.side(epoch, image_size)
+        steps_at[side] = steps_at.get(side, 0) + min(per_epoch, steps - epoch * per_epoch)
+    flops = opt_flops = 0
+    for side, n in steps_at.items():
+        grads, opt = _step_flops(model, optimizer, lambda z, y: recipe.loss(z, y, None), s.batch_size, side, classes)
+        flops, opt_flops = flops + n * (grads + opt), opt_flops + n * opt
     return {"tool": "gpuvision", "n_train": n_train, "optimizer": s.optimizer, "batch_size": s.batch_size,
-            "epochs": s.epochs, "steps": steps, "images": steps * s.batch_size, "flops_per_step": grads + opt,
-            "optimizer_flops_per_step": opt, "flops": steps * (grads + opt), "optimizer_flops": steps * opt,
-            "settings": recipe.describe()}
+            "epochs": s.epochs, "steps": steps, "images": steps * s.batch_size, "flops_per_step": flops / steps,
+            "optimizer_flops_per_step": opt_flops / steps, "flops": flops, "optimizer_flops": opt_flops,
+            "steps_at_side": steps_at, "settings": recipe.describe()}
 
 
 def airbench_plan(n_train: int, epochs: float = 9.9, batch_size: int = 1024, whiten_bias_epochs: int = 3) -> dict:

@@ -126,3 +126,13 @@ def test_streaming_batches_on_cuda_equal_the_host_gather():
         ids = x[:, 0, 0, 0].round().long()
         assert x.is_cuda and len(ids) == 32 and torch.equal(y, labels.cuda()[ids])
         assert torch.all(x == ids.view(-1, 1, 1, 1).float())
+
+
+def test_progressive_resizing_scales_the_first_epochs_down():
+    images, labels = _ids(n=40, size=16)
+    loader = DeviceLoader(images, labels, 8, [0.0] * 3, [1.0] * 3, Augment(sides=(8, 12)),
+                          torch.Generator().manual_seed(0))
+    sides = [next(loader.epoch(e))[0].shape[-1] for e in range(3)]
+    assert sides == [8, 12, 16]
+    x, y = next(loader.epoch(0))
+    assert torch.equal(x[:, 0, 0, 0].round().long() % 7, y)  # a uniform image stays itself when scaled

@@ -111,3 +111,9 @@ def test_weight_average_follows_the_model_and_writes_back():
     assert torch.allclose(average.avg["head.weight"], start + 0.25)
     average.copy_to(net)
     assert torch.allclose(net.head.weight, start + 0.25)
+
+
+def test_progressive_resizing_covers_the_first_fraction_of_the_epochs():
+    recipe = _recipe(epochs=8, low_res_side=12, low_res_fraction=0.5)
+    assert recipe.augment(16).sides == (12,) * 4
+    assert _recipe(epochs=8).augment(16).sides == ()

@@ -56,6 +56,8 @@ class FastSettings(BaseSettings):
     lookahead_every: int | None = None  # steps between Lookahead updates; 0 is off
     max_batch_size: int | None = None  # images; the batch is the largest power of two giving >= 16 steps an epoch
     min_steps: int | None = None  # small data sets get enough epochs for this many steps
+    low_res_side: int = 0  # pixels: progressive resizing, the first epochs see images scaled down to this; 0 off
+    low_res_fraction: float = 0.5  # of the epochs (rounded up to whole ones) at low_res_side
     translate: int = 2  # pixels of random translation
     cutout: int = 0  # pixels; 0 is off
     tta_level: int = 2
@@ -95,7 +97,10 @@ class FastRecipe(Recipe):
 
     def augment(self, image_size: int) -> Augment:
         s = self.settings
-        return Augment(flip=True, altflip=True, translate=min(s.translate, image_size // 8), cutout=s.cutout)
+        low = 0 < s.low_res_side < image_size
+        sides = (s.low_res_side,) * math.ceil(s.low_res_fraction * math.ceil(s.epochs)) if low else ()
+        return Augment(flip=True, altflip=True, translate=min(s.translate, image_size // 8), cutout=s.cutout,
+                       sides=sides)
 
     def prepare(self, model: nn.Module) -> None:
         if self.settings.lookahead_every:
