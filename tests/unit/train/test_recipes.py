@@ -114,6 +114,7 @@ def test_weight_average_follows_the_model_and_writes_back():
 
 
 def test_progressive_resizing_covers_the_first_fraction_of_the_epochs():
-    recipe = _recipe(epochs=8, low_res_side=12, low_res_fraction=0.5)
-    assert recipe.augment(16).sides == (12,) * 4
-    assert _recipe(epochs=8).augment(16).sides == ()
+    recipe = _recipe(epochs=8, low_res_scale=0.75, low_res_fraction=0.5)
+    assert recipe.augment(16).sides == (12,) * 4 and recipe.augment(32).sides == (24,) * 4
+    assert recipe.augment(8).sides == ()  # too small to shrink
+    assert _recipe(epochs=8, optimizer="sgd").augment(16).sides == ()  # airbench94's recipe, unchanged

@@ -56,8 +56,8 @@ class FastSettings(BaseSettings):
     lookahead_every: int | None = None  # steps between Lookahead updates; 0 is off
     max_batch_size: int | None = None  # images; the batch is the largest power of two giving >= 16 steps an epoch
     min_steps: int | None = None  # small data sets get enough epochs for this many steps
-    low_res_side: int = 0  # pixels: progressive resizing, the first epochs see images scaled down to this; 0 off
-    low_res_fraction: float = 0.5  # of the epochs (rounded up to whole ones) at low_res_side
+    low_res_scale: float | None = None  # progressive resizing: the first epochs' images are scaled by this (1 off;
+    low_res_fraction: float = 0.5  # this fraction of the epochs, rounded up to whole ones; images of 16+ px only)
     translate: int = 2  # pixels of random translation
     cutout: int = 0  # pixels; 0 is off
     tta_level: int = 2
@@ -67,9 +67,9 @@ class FastSettings(BaseSettings):
 # What the settings left None are, by optimizer: airbench94 (SGD) and airbench94_muon, except where noted.
 BY_OPTIMIZER = {
     "sgd": dict(lr=11.5, epochs=9.9, whiten_bias_scaler=1.0, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07,
-                lookahead_every=5, max_batch_size=1024, min_steps=400),
+                lookahead_every=5, max_batch_size=1024, min_steps=400, low_res_scale=1.0),
     "muon": dict(lr=6.5, epochs=8.0, whiten_bias_scaler=64.0, warmup_fraction=0.0, lr_start=1.0, lr_end=0.0,
-                 lookahead_every=0, max_batch_size=2048, min_steps=200),
+                 lookahead_every=0, max_batch_size=2048, min_steps=150, low_res_scale=0.75),
 }
 assert set(BY_OPTIMIZER) == set(OPTIMIZERS)
 
@@ -97,8 +97,9 @@ class FastRecipe(Recipe):
 
     def augment(self, image_size: int) -> Augment:
         s = self.settings
-        low = 0 < s.low_res_side < image_size
-        sides = (s.low_res_side,) * math.ceil(s.low_res_fraction * math.ceil(s.epochs)) if low else ()
+        side = 2 * round(s.low_res_scale * image_size / 2)
+        low = image_size >= 16 and side < image_size
+        sides = (side,) * math.ceil(s.low_res_fraction * math.ceil(s.epochs)) if low else ()
         return Augment(flip=True, altflip=True, translate=min(s.translate, image_size // 8), cutout=s.cutout,
                        sides=sides)
 
