@@ -8,11 +8,13 @@
 #   run(command="OUT=$OUT bash benchmarks/gpu.sh", carry=[".local", "wheels"], timeout_s=600)
 #   run(command="OUT=$OUT MODE=seeds bash benchmarks/gpu.sh", carry=[".local", "wheels"], timeout_s=600)
 # OUT is required with DEVICE=cuda (the results must come back). Dry run without a GPU, at a tiny scale:
-#   PYTHON=/work/main/.venv/bin/python DEVICE=cpu SEEDS=1 STREAM_ARGS=skip \
-#     TTA_EXTRA="--train-subset 500 --test-subset 200 --epochs 1 --batch-size 128" bash benchmarks/gpu.sh
+#   PYTHON=/work/main/.venv/bin/python DEVICE=cpu SEEDS=1 STREAM_ARGS=skip GPU_BENCH_BUDGET_S=3000 \
+#     TTA_EXTRA="--train-subset 500 --test-subset 200 --epochs 1 --batch-size 128" CLI_EXTRA="--epochs 1" \
+#     bash benchmarks/gpu.sh
 #
 # MODE=all (default), steps most important first, each bounded by its cap; the caps add up to the budget
-# (GPU_BENCH_BUDGET_S, 530 s, leaving the device call's start and transfers room within its 600 s):
+# (GPU_BENCH_BUDGET_S, 530 s, leaving the device call's start and transfers room within its 600 s; the caps below
+# are for 530 s and scale with it, so a slow dry run can be given GPU_BENCH_BUDGET_S=3000):
 #   1. (uncapped, seconds) install what the image lacks from wheels/ (into /tmp/gpuvision-site; gpuvision via
 #      PYTHONPATH=src)
 #   2. the cuda-marked tests (pytest -m cuda), first: a broken GPU path should fail before any timing
@@ -34,6 +36,7 @@ DEVICE=${DEVICE:-cuda}
 if [ "$MODE" = seeds ]; then SEEDS=${SEEDS:-20}; else SEEDS=${SEEDS:-5}; fi
 TTA_EXTRA=${TTA_EXTRA:-}   # extra time_to_accuracy.py flags (scaling down for a dry run)
 STREAM_ARGS=${STREAM_ARGS:---steps 100 --batch-size 256}  # streaming.py flags; STREAM_ARGS=skip leaves it out
+CLI_EXTRA=${CLI_EXTRA:-}   # extra `gpuvision train` flags for the CLI timing (e.g. --epochs 1 in a dry run)
 SITE=/tmp/gpuvision-site
 if [ "$DEVICE" = cuda ] && [ -z "${OUT:-}" ]; then
   echo "OUT is required with DEVICE=cuda: the device tool brings back only what is written under \$OUT" >&2
@@ -44,8 +47,8 @@ mkdir -p "$RESULTS"
 export GPUVISION_BENCH_RESULTS=$RESULTS PYTHONUNBUFFERED=1
 export GPUVISION_CACHE=${GPUVISION_CACHE:-/tmp/gpuvision-cache}
 
-step() {  # step NAME CAP_S COMMAND...: run it for at most CAP_S and what is left of the budget
-  local name=$1 cap=$2 t rc
+step() {  # step NAME CAP_S COMMAND...: run it for at most CAP_S (of 530, scaled) and what is left of the budget
+  local name=$1 cap=$(($2 * BUDGET / 530)) t rc
   shift 2
   t=$((BUDGET - (SECONDS - START)))
   ((t > cap)) && t=$cap
@@ -81,9 +84,9 @@ EOF
 
 time_cli() {  # a fresh process, start to saved model, written as JSON beside the other results
   local started=$EPOCHREALTIME
-  # shellcheck disable=SC2153  # exported by the caller for `bash -c`
+  # shellcheck disable=SC2153,SC2086  # exported by the caller for `bash -c`; CLI_EXTRA is a list of flags
   "$PY" -m gpuvision train --data "$DATA" --out /tmp/gpuvision-cli --overwrite --val-fraction 0 --eval-every 0 \
-    --checkpoint-every 0 --device "$DEVICE" --json >/dev/null || return 1
+    --checkpoint-every 0 --device "$DEVICE" --json $CLI_EXTRA >/dev/null || return 1
   "$PY" -c "import json, sys; json.dump({'benchmark': 'cli_train', 'device': '$DEVICE', 'wall_s': float(sys.argv[2])
     - float(sys.argv[1])}, open('$RESULTS/cli-train.json', 'w'))" "$started" "$EPOCHREALTIME"
   cat "$RESULTS/cli-train.json"
@@ -101,7 +104,7 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'gpuvision',
 
   if [ "$MODE" = seeds ]; then
     # shellcheck disable=SC2086  # TTA_EXTRA is a list of flags
-    step "time to accuracy: $SEEDS seeds a tool, alternating" "$BUDGET" "$PY" benchmarks/time_to_accuracy.py \
+    step "time to accuracy: $SEEDS seeds a tool, alternating" 530 "$PY" benchmarks/time_to_accuracy.py \
       --device "$DEVICE" --data "$DATA" --seeds "$SEEDS" --tools airbench,gpuvision --no-cli-run $TTA_EXTRA
   else
     # tests/conftest.py finds the archive in .local/ when ../shared is absent
@@ -121,7 +124,7 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'gpuvision',
     step "time to accuracy: plain" 40 "$PY" benchmarks/time_to_accuracy.py --device "$DEVICE" --data "$DATA" \
       --tools plain --plain-epochs 1 --no-cli-run $TTA_EXTRA
     export -f time_cli
-    export PY DATA DEVICE RESULTS
+    export PY DATA DEVICE RESULTS CLI_EXTRA
     step "CLI process (optional)" 40 bash -c time_cli || echo "== CLI process: no figure (every other result is saved)"
   fi
 
