@@ -132,10 +132,6 @@ class Optimizers:
     def param_groups(self) -> list[dict]:
         return [group for opt in self.optimizers for group in opt.param_groups]
 
-    @property
-    def state(self) -> dict:
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
-
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for opt in self.optimizers:

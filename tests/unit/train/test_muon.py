@@ -102,6 +102,6 @@ def test_optimizers_step_together_and_round_trip_their_state():
     fresh = Optimizers(Muon([a], lr=0.1, ns_dtype=torch.float32), torch.optim.SGD([b], lr=0.1, momentum=0.9))
     fresh.load_state_dict(state)
     assert [g["lr"] for g in fresh.param_groups] == [0.5, 0.5]
-    assert torch.equal(fresh.state[a]["momentum_buffer"], both.state[a]["momentum_buffer"])
+    assert torch.equal(fresh.optimizers[0].state[a]["momentum_buffer"], both.optimizers[0].state[a]["momentum_buffer"])
     both.zero_grad()
     assert a.grad is None and b.grad is None
