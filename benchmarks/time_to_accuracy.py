@@ -17,7 +17,8 @@ Two times per tool, like against like:
         spans, each between two device syncs, in one process that drives the Trainer's phases itself: the model's
         data_init re-run on 5,000 training images (the work the Trainer's setup did), `Trainer.train()`, and TTA
         of the trained model over the device-resident test images, 2,000 at a time, with one sync at the end.
-  wall  the whole call as a user makes it. airbench: `train94` (network, loaders, whitening, epochs, TTA).
+  wall  the whole call as a user makes it. airbench: `train94` (network, loaders, whitening, epochs, TTA; without
+        its per-epoch test pass, which only feeds its printed table, as gpuvision runs with eval_every 0).
         gpuvision: `gpuvision.train` (cache load, split, split.json, training, saving the model directory; the
         Trainer's setup / train / save_model / cleanup) plus `gpuvision.evaluate(split="test")` (model directory,
         hashes, test images, TTA). plain: loaders to TTA accuracy (see plain_pytorch.py).
@@ -209,11 +210,13 @@ class AirbenchTool:
 
     def warm_up(self) -> dict:
         epochs = self.args.epochs if self.args.warmup == "full" else 0.1
-        r = self.peer.run_train94(self.root, self.args.device, 10_000, epochs, self.args.batch_size, self.bf16)
+        r = self.peer.run_train94(self.root, self.args.device, 10_000, epochs, self.args.batch_size, self.bf16,
+                                  epoch_eval=False)
         return {"warmup_s": r["wall_s"]}
 
     def once(self, seed: int) -> dict:
-        r = self.peer.run_train94(self.root, self.args.device, seed, self.args.epochs, self.args.batch_size, self.bf16)
+        r = self.peer.run_train94(self.root, self.args.device, seed, self.args.epochs, self.args.batch_size, self.bf16,
+                                  epoch_eval=False)
         r.update(span_s=r["timer_s"], precision=self.precision)
         log(f"airbench seed {seed}: accuracy {r['accuracy']:.4f}; span {r['span_s']:.2f} s (its timer); "
             f"wall {r['wall_s']:.2f} s")
