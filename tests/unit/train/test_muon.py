@@ -105,3 +105,13 @@ def test_optimizers_step_together_and_round_trip_their_state():
     assert torch.equal(fresh.optimizers[0].state[a]["momentum_buffer"], both.optimizers[0].state[a]["momentum_buffer"])
     both.zero_grad()
     assert a.grad is None and b.grad is None
+
+
+def test_grad_scaler_steps_the_pair():  # fp16 training steps the optimizer through torch.amp.GradScaler
+    a, b = nn.Parameter(torch.ones(4, 4)), nn.Parameter(torch.ones(3))
+    both = Optimizers(Muon([a], lr=0.1, ns_dtype=torch.float32), torch.optim.SGD([b], lr=0.1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale((a * torch.arange(16.0).view(4, 4)).sum() + b.sum()).backward()
+    scaler.step(both)
+    assert torch.allclose(b, torch.full((3,), 0.9))  # the gradient was unscaled before SGD's step
+    assert not torch.equal(a, torch.ones(4, 4))
