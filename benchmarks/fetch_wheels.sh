@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepare, on this machine (with network), everything benchmarks/gpu.sh needs on a fresh GPU machine that has none:
-#   wheels/                      airbench 0.1.8 (PyPI has only an sdist: built here into a pure-python wheel) and
-#                                cp312 wheels of the small libraries gpuvision imports that a torch-2.11 GPU image
-#                                might lack (gpu.sh installs only those actually missing there)
+#   wheels/                      airbench 0.1.8 (PyPI has only an sdist: built here into a pure-python wheel), pytest
+#                                (gpu.sh runs the cuda-marked tests first) and cp312 wheels of the small libraries
+#                                gpuvision imports that a torch-2.11 GPU image might lack (gpu.sh installs only those
+#                                actually missing there)
 #   .local/cifar10-jpeg.tar.gz   the data (../shared does not travel to the GPU machine)
 #   .local/COMMIT                `git rev-parse --short HEAD` (+dirty), in case .git does not travel
 # Both folders are git-ignored; together they stay well under the 64 MiB a device call may carry (checked below).
@@ -22,7 +23,7 @@ mkdir -p wheels .local
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
   -d wheels rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0 safetensors==0.8.0 pyyaml==6.0.4 \
-  timm==1.0.31
+  timm==1.0.31 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pytest-timeout==2.4.0
 
 cp -u "$DATA" .local/cifar10-jpeg.tar.gz
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" || true)

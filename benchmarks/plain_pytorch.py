@@ -1,7 +1,7 @@
 """The "plain PyTorch" baseline: gpuvision's network and fast recipe, fed the ordinary way.
 
-Same network (fastnet), optimiser (Nesterov SGD, decoupled lr/wd, bias scaler), schedule (warm-up then linear
-decay), label smoothing, whitening init, Lookahead and TTA as `gpuvision train` uses; but the data come from
+Same network (fastnet) and recipe (its default optimiser, schedule, label smoothing, whitening init, progressive
+resizing, drop_last, averaging and TTA) as `gpuvision train` uses; but the data come from
 torchvision's ImageFolder + DataLoader (2 workers, PIL transforms: RandomCrop 32 with 2-pixel reflect padding,
 RandomHorizontalFlip, ToTensor, Normalize), in float32, eager, contiguous (not channels_last) tensors. One seed.
 
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from gpuvision.data.augment import resize
 from gpuvision.device import synchronize
 from gpuvision.models import create_model, model_spec
 from gpuvision.runtime import tta_logits
@@ -31,7 +32,7 @@ WORKERS = 2
 WHITEN_SAMPLE = 5000
 
 
-def _loaders(tree: Path, batch_size: int, seed: int):
+def _loaders(tree: Path, batch_size: int, seed: int, drop_last: bool):
     to_input = [transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)]
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=2, padding_mode="reflect"),
                                    transforms.RandomHorizontalFlip(), *to_input])
@@ -41,7 +42,7 @@ def _loaders(tree: Path, batch_size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     sample_idx = torch.randperm(len(plain_train), generator=g)[:WHITEN_SAMPLE].tolist()
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=WORKERS, generator=g,
-                       persistent_workers=True)
+                       drop_last=drop_last, persistent_workers=True)
     sample = DataLoader(Subset(plain_train, sample_idx), batch_size=500, num_workers=WORKERS)
     test = DataLoader(test_set, batch_size=500, num_workers=WORKERS)
     return train, sample, test, train_set.classes
@@ -53,12 +54,14 @@ def _train(model, recipe, loader, device, total_steps: int, epochs: float) -> in
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     step = 0
+    sides = recipe.augment(32).sides  # progressive resizing, as the DeviceLoader does it
     for epoch in range(math.ceil(epochs)):
         recipe.on_epoch(model, epoch, epochs)
         for x, y in loader:
             if step >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
+            x = resize(x, sides[epoch]) if epoch < len(sides) else x
             factor = recipe.lr_factor(step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
@@ -96,7 +99,7 @@ def run_plain(tree: Path, device: str, seed: int = 0, epochs: float | None = Non
     recipe = create_recipe("fast", epochs=epochs or full.settings.epochs, batch_size=full.settings.batch_size)
     recipe.resolve(n_train, 32)
     settings = recipe.settings
-    train, sample, test, classes = _loaders(tree, settings.batch_size, seed)
+    train, sample, test, classes = _loaders(tree, settings.batch_size, seed, settings.drop_last)
     model = create_model("fastnet", num_classes=len(classes), in_channels=3, image_size=32).to(dev)
     model_spec("fastnet").data_init(model, torch.cat([x for x, _ in sample]).to(dev))
     recipe.prepare(model)

@@ -1,6 +1,10 @@
 """Training-step throughput of fastnet: eager NCHW vs channels_last vs torch.compile, fp32 or bf16, on one device.
 
     python benchmarks/train_step.py [--device cpu] [--batch-size 256] [--precision fp32] [--steps 4]
+    python benchmarks/train_step.py --optimizer muon --batch-size 512 --steps 10    # the optimizer step's share
+
+The step is the fast recipe's (its loss and its optimizer: Nesterov SGD, or Muon on the filters with SGD on the
+rest); the optimizer step is also timed on its own, between device syncs, and reported as a share of the step.
 """
 
 from __future__ import annotations
@@ -10,27 +14,37 @@ import json
 import time
 from pathlib import Path
 
+import benchlib
 import torch
 
 from gpuvision.device import autocast, pick_device, synchronize
-from gpuvision.models import create_model
+from gpuvision.models import create_model, model_spec
+from gpuvision.train.recipes import create_recipe
 
 
-def measure(device, precision: str, channels_last: bool, compiled: bool, batch: int, steps: int) -> dict:
+def measure(device, precision: str, channels_last: bool, compiled: bool, batch: int, steps: int,
+            optimizer: str = "sgd") -> dict:
     torch.manual_seed(0)
     net = create_model("fastnet", num_classes=10, in_channels=3, image_size=32).to(device)
     x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     if channels_last:
         net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    recipe = create_recipe("fast", optimizer=optimizer, batch_size=batch)
+    recipe.resolve(50_000, 32)
+    opt = recipe.optimizer(net, device, model_spec("fastnet"))
     forward = torch.compile(net, dynamic=False) if compiled else net
+    opt_seconds = [0.0]
 
     def step():
         with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(forward(x).float(), y, reduction="sum")
+            loss = recipe.loss(forward(x).float(), y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        synchronize(device)
+        started = time.perf_counter()
         opt.step()
+        synchronize(device)
+        opt_seconds[0] += time.perf_counter() - started
 
     started = time.perf_counter()
     step()
@@ -38,13 +52,15 @@ def measure(device, precision: str, channels_last: bool, compiled: bool, batch: 
     first = time.perf_counter() - started
     step()
     synchronize(device)
+    opt_seconds[0] = 0.0
     started = time.perf_counter()
     for _ in range(steps):
         step()
     synchronize(device)
     per_step = (time.perf_counter() - started) / steps
     return {"channels_last": channels_last, "compiled": compiled, "images_per_s": batch / per_step,
-            "first_step_s": first}
+            "first_step_s": first, "step_s": per_step, "optimizer_s": opt_seconds[0] / steps,
+            "optimizer_share": opt_seconds[0] / steps / per_step}
 
 
 def main() -> None:
@@ -53,22 +69,27 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "muon"])
+    parser.add_argument("--layouts", default="all", choices=["all", "channels_last"],
+                        help="channels_last: only the eager channels_last step (the Trainer's on the CPU)")
+    parser.add_argument("--out-dir", default=str(benchlib.default_results_dir()))
     args = parser.parse_args()
     device = pick_device(args.device)
-    rows = [measure(device, args.precision, cl, comp, args.batch_size, args.steps)
-            for cl, comp in ((False, False), (True, False), (True, True))]
+    layouts = ((True, False),) if args.layouts == "channels_last" else ((False, False), (True, False), (True, True))
+    rows = [measure(device, args.precision, cl, comp, args.batch_size, args.steps, args.optimizer)
+            for cl, comp in layouts]
     base = rows[0]["images_per_s"]
-    print(f"fastnet training step, {device}, {args.precision}, batch {args.batch_size}")
-    print(f"{'layout':<14} {'compiled':<9} {'img/s':>8} {'x eager':>8} {'first step s':>13}")
+    print(f"fastnet training step, {device}, {args.precision}, batch {args.batch_size}, optimizer {args.optimizer}")
+    print(f"{'layout':<14} {'compiled':<9} {'img/s':>8} {'x first':>8} {'first step s':>13} {'optimizer %':>12}")
     for r in rows:
         layout = "channels_last" if r["channels_last"] else "NCHW"
         print(f"{layout:<14} {r['compiled']!s:<9} {r['images_per_s']:>8.1f} {r['images_per_s'] / base:>8.2f} "
-              f"{r['first_step_s']:>13.1f}")
+              f"{r['first_step_s']:>13.1f} {100 * r['optimizer_share']:>12.2f}")
+    result = {**benchlib.header("train_step", str(device)), "args": vars(args), "rows": rows}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"train-step-{device.type}-{args.precision}.json").write_text(json.dumps({"args": vars(args),
-                                                                                    "rows": rows}, indent=2))
+    name = f"train-step-{device.type}-{args.precision}-{args.optimizer}-b{args.batch_size}.json"
+    (out / name).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# ../shared beside the clone; on a GPU machine, where ../shared does not travel, the copy gpu.sh carries in .local/
+CIFAR_JPEG = next((p for p in (ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz",
+                                ROOT / ".local" / "cifar10-jpeg.tar.gz") if p.exists()),
+                  ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
 
 @pytest.fixture(scope="session", autouse=True)

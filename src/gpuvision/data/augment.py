@@ -15,12 +15,17 @@ import torch
 @dataclass(frozen=True)
 class Augment:
     """flip: mirror half the images (alternating per epoch when altflip); translate: max shift in pixels
-    (reflect-padded); cutout: side of a zeroed square in pixels (0 = off)."""
+    (reflect-padded); cutout: side of a zeroed square in pixels (0 = off); sides: the image side per epoch
+    (progressive resizing: images are scaled down to it; epochs past the tuple's end keep the native size)."""
 
     flip: bool = True
     altflip: bool = True
     translate: int = 2
     cutout: int = 0
+    sides: tuple[int, ...] = ()
+
+    def side(self, epoch: int, native: int) -> int:
+        return self.sides[epoch] if epoch < len(self.sides) else native
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -42,6 +47,15 @@ def flip_translate(images: torch.Tensor, flip: torch.Tensor, shifts: torch.Tenso
     cols = _reflect(cols + shifts[:, 1:], w)  # N x W
     batch = torch.arange(n, device=images.device)[:, None, None]
     return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Float images scaled to side x side (antialiased bilinear), channels_last kept."""
+    if images.shape[-1] == side and images.shape[-2] == side:
+        return images
+    out = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True,
+                                          align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:

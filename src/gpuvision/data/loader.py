@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .augment import Augment, cutout, flip_translate
+from .augment import Augment, cutout, flip_translate, resize
 from .input_spec import InputSpec, normalise
 
 
@@ -24,8 +24,8 @@ class DeviceLoader:
     """Iterate (inputs, labels) batches of one split; shuffled and augmented when `augment` is given.
 
     images: N x C x H x W uint8 on the device; spec: the model's input (normalisation). Every image is yielded
-    exactly once per epoch (the last batch may be smaller). The generator's state is all the loader's randomness,
-    so saving it at an epoch boundary makes a resumed run draw the same batches.
+    exactly once per epoch (the last batch may be smaller; drop_last skips it). The generator's state is all the
+    loader's randomness, so saving it at an epoch boundary makes a resumed run draw the same batches.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: InputSpec,
@@ -59,7 +59,7 @@ class DeviceLoader:
             yield self._augment(self.images[idx], idx, epoch), self.labels[idx]
 
     def _augment(self, images: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        """A uint8 batch flipped and translated in one gather, normalised, then cut out."""
+        """A uint8 batch flipped and translated in one gather, normalised, resized to the epoch's side, cut out."""
         aug, g, device = self.augment, self.generator, images.device
         if aug.flip and aug.altflip:
             flip = self.base_flip[idx] ^ bool(epoch % 2)
@@ -69,6 +69,7 @@ class DeviceLoader:
             flip = torch.zeros(len(idx), dtype=torch.bool, device=device)
         shifts = torch.randint(-aug.translate, aug.translate + 1, (len(idx), 2), device=device, generator=g)
         x = self.normalise(flip_translate(images, flip, shifts))
+        x = resize(x, aug.side(epoch, images.shape[-1])) if aug.sides else x
         return cutout(x, aug.cutout, g) if aug.cutout else x
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
@@ -88,20 +89,22 @@ class StreamingLoader(DeviceLoader):
     """Batches gathered on the host from (pinned) memory and copied to the device ahead of use.
 
     For data sets larger than the device memory: a background thread gathers the next batches by index into
-    pinned buffers and starts their copies (non-blocking, on a side CUDA stream), so copying overlaps the current
-    step; augmentation still runs batched on the device. `wait_seconds` counts the time the training loop spent
-    waiting for a batch, to report the share of step time lost to data.
+    pinned buffers and starts their copies, images and indices alike (non-blocking, on a side CUDA stream), so
+    copying overlaps the current step; augmentation still runs batched on the device. `wait_seconds` counts the
+    time the training loop spent waiting for a batch, to report the share of step time lost to data.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: InputSpec,
                  device: torch.device,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = True, prefetch: int = 3):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = True, prefetch: int = 3,
+                 drop_last: bool = False):
         pin = device.type == "cuda"
         host_images = images.cpu().pin_memory() if pin else images.cpu()
         # The permutation is drawn on the host (the images are there); augmentation draws on the device generator.
         self.host_generator = torch.Generator().manual_seed(_draw_seed(generator))
-        super().__init__(host_images, labels.to(device), batch_size, spec, augment, generator, dtype, channels_last)
+        super().__init__(host_images, labels.to(device), batch_size, spec, augment, generator, dtype,
+                         channels_last, drop_last)
         self.device, self.pin, self.prefetch, self.wait_seconds = device, pin, prefetch, 0.0
         if hasattr(self, "base_flip"):
             self.base_flip = self.base_flip.to(device)
@@ -124,12 +127,14 @@ class StreamingLoader(DeviceLoader):
                 torch.index_select(self.images, 0, idx, out=batch)
                 if stream is not None:
                     with torch.cuda.stream(stream):
+                        # pinned, so the index copy does not block this thread as a pageable one would
                         on_device = batch.to(self.device, non_blocking=True)
+                        idx = idx.pin_memory().to(self.device, non_blocking=True)
                         ready = torch.cuda.Event()
                         ready.record(stream)
                 else:
                     on_device, ready = batch, None
-                slots.put((on_device, idx.to(self.device), ready, batch))
+                slots.put((on_device, idx, ready))
             slots.put(None)
 
         worker = threading.Thread(target=produce, daemon=True)
@@ -141,9 +146,14 @@ class StreamingLoader(DeviceLoader):
                 self.wait_seconds += time.perf_counter() - started
                 if item is None:
                     return
-                on_device, idx, ready, _pinned = item  # the pinned buffer lives until its copy is consumed
+                on_device, idx, ready = item
                 if ready is not None:
-                    torch.cuda.current_stream(self.device).wait_event(ready)
+                    main = torch.cuda.current_stream(self.device)
+                    main.wait_event(ready)
+                    # Made on the side stream, used on this one: without this the allocator could hand their
+                    # memory to the next copy once Python drops them, while this stream's kernels still read it.
+                    on_device.record_stream(main)
+                    idx.record_stream(main)
                 yield on_device, idx
         finally:
             stop.set()
@@ -160,7 +170,7 @@ class StreamingLoader(DeviceLoader):
             for images, idx in self._batches(torch.arange(n)):
                 yield self.normalise(images), self.labels[idx]
             return
-        order = torch.randperm(n, generator=self.host_generator)
+        order = torch.randperm(n, generator=self.host_generator)[: len(self) * self.batch_size]  # drop_last
         for images, idx in self._batches(order):
             yield self._augment(images, idx, epoch), self.labels[idx]
 

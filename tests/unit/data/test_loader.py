@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gpuvision.data.augment import Augment, cutout, flip_translate
@@ -100,3 +101,40 @@ def test_streaming_loader_stops_cleanly_when_abandoned():
         if i == 2:
             break  # the generator's finally drains and joins the producer thread
     assert len(list(loader.epoch(1))) == 25
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_drop_last_yields_only_full_batches_each_image_at_most_once(streaming):
+    from gpuvision.data.loader import StreamingLoader
+
+    images, labels = _ids(n=103)
+    common = dict(augment=Augment(), generator=torch.Generator().manual_seed(2), drop_last=True)
+    loader = (StreamingLoader(images, labels, 16, IDENTITY, torch.device("cpu"), **common) if streaming
+              else DeviceLoader(images, labels, 16, IDENTITY, **common))
+    assert len(loader) == 6
+    batches = [x[:, 0, 0, 0].round().long() for x, _ in loader.epoch(0)]
+    assert [len(b) for b in batches] == [16] * 6
+    assert len(torch.cat(batches).unique()) == 96
+
+
+@pytest.mark.cuda
+def test_streaming_batches_on_cuda_equal_the_host_gather():
+    from gpuvision.data.loader import StreamingLoader
+
+    images, labels = _ids(n=250)
+    loader = StreamingLoader(images, labels, 32, IDENTITY, torch.device("cuda"), Augment(translate=0,
+                             flip=False), torch.Generator(device="cuda").manual_seed(3), prefetch=3, drop_last=True)
+    for x, y in loader.epoch(0):  # every batch's pixels and labels still match once the side stream has moved on
+        ids = x[:, 0, 0, 0].round().long()
+        assert x.is_cuda and len(ids) == 32 and torch.equal(y, labels.cuda()[ids])
+        assert torch.all(x == ids.view(-1, 1, 1, 1).float())
+
+
+def test_progressive_resizing_scales_the_first_epochs_down():
+    images, labels = _ids(n=40, size=16)
+    loader = DeviceLoader(images, labels, 8, InputSpec((16, 16), 3, (0.0,) * 3, (1.0,) * 3), Augment(sides=(8, 12)),
+                          torch.Generator().manual_seed(0))
+    sides = [next(loader.epoch(e))[0].shape[-1] for e in range(3)]
+    assert sides == [8, 12, 16]
+    x, y = next(loader.epoch(0))
+    assert torch.equal(x[:, 0, 0, 0].round().long() % 7, y)  # a uniform image stays itself when scaled

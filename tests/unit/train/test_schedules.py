@@ -7,8 +7,10 @@ import pytest
 from gpuvision.train.recipes import auto_batch_size, create_recipe
 
 
-def test_fast_schedule_is_triangular():
-    recipe = create_recipe("fast")
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_fast_schedule_rises_to_its_peak_then_decays(optimizer):
+    recipe = create_recipe("fast", optimizer=optimizer)
+    recipe.resolve(50_000, 32)
     s, total = recipe.settings, 1000
     peak = int(s.warmup_fraction * total)
     assert recipe.lr_factor(0, total) == pytest.approx(s.lr_start)
@@ -33,9 +35,12 @@ def test_batch_size_gives_about_16_steps_per_epoch(n, largest, expected):
     assert auto_batch_size(n, largest) == expected
 
 
-def test_recipes_scale_epochs_to_a_minimum_number_of_steps():
-    small, large = create_recipe("fast"), create_recipe("fast")
+@pytest.mark.parametrize("optimizer, batch_size", [("sgd", 1024), ("muon", 2048)])
+def test_recipes_scale_epochs_to_a_minimum_number_of_steps(optimizer, batch_size):
+    small, large = create_recipe("fast", optimizer=optimizer), create_recipe("fast", optimizer=optimizer)
     small.resolve(1_294, 8)
     large.resolve(50_000, 32)
-    assert large.settings.batch_size == 1024 and large.settings.epochs * 49 < 2 * large.settings.min_steps + 500
+    per_epoch = 50_000 // batch_size  # drop_last
+    assert large.settings.batch_size == batch_size
+    assert large.settings.epochs * per_epoch < 2 * large.settings.min_steps + 500
     assert small.settings.epochs * -(-1_294 // small.settings.batch_size) >= small.settings.min_steps

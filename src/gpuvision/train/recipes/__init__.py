@@ -15,8 +15,10 @@ from ...data.augment import Augment
 from ...errors import UserError
 from ...models import ModelSpec
 from ...registry import Registry
+from ..muon import Optimizers, make_muon
 
 RECIPES: Registry = Registry("recipe")
+OPTIMIZERS = ("sgd", "muon")
 
 
 @dataclass
@@ -30,6 +32,10 @@ class BaseSettings:
     tta_level: int = 1  # test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations
     optimizer: str = "sgd"  # sgd or muon (Muon on the convolution filters, the recipe's SGD on the rest)
     drop_last: bool = False  # skip each epoch's last, smaller batch (one compiled shape, fewer wasted steps)
+    muon_lr: float = 0.24  # Muon's step per step, relative to each filter bank's size (airbench94_muon's value)
+    muon_momentum: float = 0.6  # Muon's Nesterov momentum
+    muon_ns_steps: int = 3  # Newton-Schulz iterations per update (torch's default is 5; 3 suffice here)
+    muon_fixed_norm: bool = True  # keep each filter bank at norm sqrt(out channels): for convs followed by a norm
 
 
 class Recipe:
@@ -38,6 +44,7 @@ class Recipe:
     settings: BaseSettings
     loss_reduction = "mean"  # "sum" when the learning rate is per example (the loss scales with the batch)
     access = None  # config.Access: how a model directory the recipe reads (a teacher) is opened; set by the Trainer
+    optimizers: tuple[str, ...] = ("sgd",)  # the `optimizer` settings this recipe implements
 
     def __init__(self, **overrides):
         names = {f.name for f in fields(self.settings)}
@@ -48,6 +55,9 @@ class Recipe:
         for k, v in overrides.items():
             if v is not None:
                 setattr(self.settings, k, v)
+        if self.settings.optimizer not in self.optimizers:
+            raise UserError(f"the {self.name} recipe trains with {' or '.join(self.optimizers)}, "
+                            f"not {self.settings.optimizer!r}")
 
     def resolve(self, n_train: int, image_size: int) -> None:
         """Fill the settings left as None from the data set's size."""
@@ -109,26 +119,55 @@ def step_kernel(device: torch.device) -> dict:
     return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
+def sgd_or_muon(settings: BaseSettings, groups: list[dict], device: torch.device, **sgd) -> torch.optim.Optimizer:
+    """Nesterov SGD over the parameter groups; with `optimizer: muon`, their convolution filters go to Muon instead.
+
+    Muon (see train/muon.py) follows the same learning-rate schedule: the Trainer scales every group's lr alike.
+    """
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, nesterov=True, **sgd, **step_kernel(device))
+    filters = [p for g in groups for p in g["params"] if p.ndim > 2]
+    rest = [{**g, "params": [p for p in g["params"] if p.ndim <= 2]} for g in groups]
+    muon = make_muon(filters, device, lr=settings.muon_lr, momentum=settings.muon_momentum,
+                     ns_steps=settings.muon_ns_steps, fixed_norm=settings.muon_fixed_norm)
+    return Optimizers(torch.optim.SGD([g for g in rest if g["params"]], nesterov=True, **sgd, **step_kernel(device)),
+                      muon)
+
+
 def auto_batch_size(n_train: int, largest: int) -> int:
     """The largest power of two up to `largest` that still gives about 16 steps per epoch (at least 16)."""
     return int(min(largest, max(16, 2 ** math.floor(math.log2(max(n_train // 16, 1))))))
 
 
+def epoch_steps(n_train: int, batch_size: int, drop_last: bool) -> int:
+    """Steps in an epoch, as the DeviceLoader takes them (drop_last keeps at least one batch)."""
+    return n_train // batch_size if drop_last and n_train >= batch_size else math.ceil(n_train / batch_size)
+
+
 class WeightAverage:
-    """Exponential moving average of a model's floating-point state (parameters and batch-norm statistics)."""
+    """Exponential moving average of a model's floating-point state (parameters and batch-norm statistics).
+
+    The tensor lists are built once: `state_dict()` walks every module, too slow to call on every update."""
 
     def __init__(self, model: nn.Module):
         self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self._averages = list(self.avg.values())
+        self._model, self._live = None, []
+
+    def _tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        """The model's own tensors (state_dict's share their storage), in the order of `avg`."""
+        if model is not self._model:
+            state = model.state_dict()
+            self._model, self._live = model, [state[k] for k in self.avg]
+        return self._live
 
     def update(self, model: nn.Module, decay: float) -> None:
-        state = model.state_dict()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.avg.values()), [state[k] for k in self.avg], 1.0 - decay)
+            torch._foreach_lerp_(self._averages, self._tensors(model), 1.0 - decay)
 
     def copy_to(self, model: nn.Module) -> None:
-        state = model.state_dict()
         with torch.no_grad():
-            torch._foreach_copy_([state[k] for k in self.avg], list(self.avg.values()))
+            torch._foreach_copy_(self._tensors(model), self._averages)
 
 
 def create_recipe(name: str, **overrides) -> Recipe:

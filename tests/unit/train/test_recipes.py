@@ -1,0 +1,120 @@
+"""Recipes: optimizer choice, settings that scale with the data set, the whitening bias's freeze, the average."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpuvision.errors import UserError
+from gpuvision.models import create_model, model_spec
+from gpuvision.train.muon import Muon, Optimizers
+from gpuvision.train.recipes import WeightAverage, create_recipe
+
+CPU = torch.device("cpu")
+
+
+def _fastnet(widths=(8, 16, 16)):
+    torch.manual_seed(0)
+    return create_model("fastnet", num_classes=3, in_channels=3, image_size=16, widths=widths)
+
+
+def _recipe(n_train=600, **overrides):
+    recipe = create_recipe("fast", **overrides)
+    recipe.resolve(n_train, 16)
+    return recipe
+
+
+def test_muon_trains_the_filters_and_sgd_the_rest():
+    net = _fastnet()
+    optimizer = _recipe().optimizer(net, CPU, model_spec("fastnet"))
+    assert isinstance(optimizer, Optimizers)
+    sgd, muon = optimizer.optimizers
+    filters = {id(p) for p in net.parameters() if p.ndim == 4 and p.requires_grad}
+    assert isinstance(muon, Muon) and {id(p) for g in muon.param_groups for p in g["params"]} == filters
+    rest = {id(p) for g in sgd.param_groups for p in g["params"]}
+    assert rest == {id(p) for p in net.parameters() if p.requires_grad and p.ndim < 4}
+
+
+def test_sgd_gives_the_whitening_bias_the_base_rate_in_a_group_of_its_own():
+    net = _fastnet()
+    recipe = _recipe(optimizer="sgd")
+    optimizer = recipe.optimizer(net, CPU, model_spec("fastnet"))
+    assert isinstance(optimizer, torch.optim.SGD)
+    whiten = [g for g in optimizer.param_groups if any(p is net.whiten.bias for p in g["params"])]
+    assert len(whiten) == 1 and len(whiten[0]["params"]) == 1 and whiten[0] is recipe.whiten_group
+    others = next(g for g in optimizer.param_groups if any(p is net.head.weight for p in g["params"]))
+    assert whiten[0]["lr"] == others["lr"]  # airbench94's rate for it: the base one, not the 64x of the BN biases
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_whitening_bias_freezes_by_a_zero_learning_rate(optimizer):
+    """The recipe's hooks in the Trainer's order, on random data: the bias trains, then stops, never toggled."""
+    net = _fastnet()
+    recipe = _recipe(optimizer=optimizer, whiten_bias_fraction=0.5, lookahead_every=0)  # Lookahead moves all
+    recipe.prepare(net)
+    opt = recipe.optimizer(net, CPU, model_spec("fastnet"))
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))
+    total, history = 6, []
+    for step in range(total):
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * recipe.lr_factor(step, total)
+        loss = recipe.loss(net(x), y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        recipe.after_step(net, step + 1, total)
+        history.append(net.whiten.bias.detach().clone())
+        assert net.whiten.bias.requires_grad
+    assert not torch.equal(history[0], history[2])  # trained in the first half (steps 1-3)
+    assert torch.equal(history[3], history[5])  # frozen after
+
+
+def test_whitening_bias_never_trained_costs_no_gradient():
+    net = _fastnet()
+    _recipe(whiten_bias_fraction=0.0).optimizer(net, CPU, model_spec("fastnet"))
+    assert not net.whiten.bias.requires_grad
+
+
+def test_settings_scale_with_the_data_set_and_keep_what_was_given():
+    small, large = _recipe(n_train=1_400), _recipe(n_train=50_000)
+    assert small.settings.batch_size < large.settings.batch_size
+    assert small.settings.epochs >= large.settings.epochs
+    assert small.settings.drop_last
+    given = _recipe(n_train=50_000, epochs=2, batch_size=100)
+    assert (given.settings.epochs, given.settings.batch_size) == (2, 100)
+
+
+def test_unknown_or_unsupported_optimizer_is_refused():
+    with pytest.raises(UserError, match="adam"):
+        create_recipe("fast", optimizer="adam")
+    with pytest.raises(UserError, match="standard"):
+        create_recipe("standard", optimizer="muon")
+
+
+def test_schedules_start_end_and_peak_where_set():
+    muon = _recipe()
+    assert muon.lr_factor(0, 100) == 1.0 and muon.lr_factor(100, 100) == pytest.approx(0.0)
+    sgd = _recipe(optimizer="sgd")
+    assert sgd.lr_factor(0, 100) == pytest.approx(0.2) and sgd.lr_factor(23, 100) == pytest.approx(1.0)
+    assert sgd.lr_factor(100, 100) == pytest.approx(0.07)
+
+
+def test_weight_average_follows_the_model_and_writes_back():
+    net = _fastnet()
+    average = WeightAverage(net)
+    start = net.head.weight.detach().clone()
+    with torch.no_grad():
+        net.head.weight.add_(1.0)
+    average.update(net, decay=0.75)  # avg = 0.75 avg + 0.25 model
+    assert torch.allclose(average.avg["head.weight"], start + 0.25)
+    average.copy_to(net)
+    assert torch.allclose(net.head.weight, start + 0.25)
+
+
+def test_progressive_resizing_covers_the_first_fraction_of_the_epochs():
+    recipe = _recipe(epochs=8, low_res_scale=0.75, low_res_fraction=0.5)
+    assert recipe.augment(16).sides == (12,) * 4 and recipe.augment(32).sides == (24,) * 4
+    assert recipe.augment(8).sides == ()  # too small to shrink
+    assert _recipe(epochs=8, optimizer="sgd").augment(16).sides == ()  # airbench94's recipe, unchanged
