@@ -37,21 +37,11 @@ def git_commit() -> str:
     return f"{saved.read_text().strip()} (from .local/COMMIT)" if saved.is_file() else "unknown"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(device: str) -> dict:
     """What the figures were measured on."""
     import torch
 
-    from gpuvision.device import cpu_flags, cpu_has_fast_bf16
+    from gpuvision.device import cpu_flags, cpu_has_fast_bf16, cpu_model
 
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_fast_bf16": cpu_has_fast_bf16(), "avx512": "avx512f" in cpu_flags(),

@@ -37,6 +37,7 @@ from benchlib import log
 
 import gpuvision
 from gpuvision.data import load_images
+from gpuvision.device import cpu_model
 from gpuvision.train.recipes import create_recipe
 
 TOOLS = ("gpuvision", "airbench")
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(args)
-    cpu = benchlib.cpu_model()
+    cpu = cpu_model()
     started = time.perf_counter()
     for seed in range(args.seeds):
         for tool in args.tools:
