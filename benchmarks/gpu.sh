@@ -83,9 +83,10 @@ EOF
 }
 
 time_cli() {  # a fresh process, start to saved model, written as JSON beside the other results
-  local started=$EPOCHREALTIME
+  local started=$EPOCHREALTIME out
+  out=$(mktemp -d)/model  # a fresh --out: an earlier run's leftovers there would be refused
   # shellcheck disable=SC2153,SC2086  # exported by the caller for `bash -c`; CLI_EXTRA is a list of flags
-  "$PY" -m gpuvision train --data "$DATA" --out /tmp/gpuvision-cli --overwrite --val-fraction 0 --eval-every 0 \
+  "$PY" -m gpuvision train --data "$DATA" --out "$out" --val-fraction 0 --eval-every 0 \
     --checkpoint-every 0 --device "$DEVICE" --json $CLI_EXTRA >/dev/null || return 1
   "$PY" -c "import json, sys; json.dump({'benchmark': 'cli_train', 'device': '$DEVICE', 'wall_s': float(sys.argv[2])
     - float(sys.argv[1])}, open('$RESULTS/cli-train.json', 'w'))" "$started" "$EPOCHREALTIME"

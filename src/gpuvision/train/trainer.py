@@ -163,7 +163,7 @@ class Trainer:
                                     epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                                     **cfg.recipe_args)
         self.recipe.access = self.access
-        self.recipe.resolve(len(self.split.train), self.image_side)
+        self.recipe.resolve(len(self.split.train), self.image_side, fine_tune=bool(cfg.pretrained))
         args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": self.image_side,
                 **cfg.model_args}
         # Initialisation draws from the global generator (torch.nn.init has no other): seed it for this call only.

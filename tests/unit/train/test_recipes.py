@@ -86,6 +86,17 @@ def test_settings_scale_with_the_data_set_and_keep_what_was_given():
     assert (given.settings.epochs, given.settings.batch_size) == (2, 100)
 
 
+def test_given_weights_fine_tune_with_sgd_at_full_size_unless_told_otherwise():
+    scratch = _recipe(n_train=10_000)
+    assert scratch.settings.optimizer == "muon" and scratch.augment(32).sides
+    tuned = create_recipe("fast")
+    tuned.resolve(10_000, 32, fine_tune=True)
+    assert tuned.settings.optimizer == "sgd" and not tuned.augment(32).sides
+    told = create_recipe("fast", optimizer="muon", low_res_scale=0.75)
+    told.resolve(10_000, 32, fine_tune=True)
+    assert told.settings.optimizer == "muon" and told.augment(32).sides
+
+
 def test_unknown_or_unsupported_optimizer_is_refused():
     with pytest.raises(UserError, match="adam"):
         create_recipe("fast", optimizer="adam")

@@ -55,12 +55,12 @@ class Recipe:
         for k, v in overrides.items():
             if v is not None:
                 setattr(self.settings, k, v)
-        if self.settings.optimizer not in self.optimizers:
+        if self.settings.optimizer is not None and self.settings.optimizer not in self.optimizers:
             raise UserError(f"the {self.name} recipe trains with {' or '.join(self.optimizers)}, "
                             f"not {self.settings.optimizer!r}")
 
-    def resolve(self, n_train: int, image_size: int) -> None:
-        """Fill the settings left as None from the data set's size."""
+    def resolve(self, n_train: int, image_size: int, fine_tune: bool = False) -> None:
+        """Fill the settings left as None from the data set's size (and whether given weights are fine-tuned)."""
 
     def augment(self, image_size: int) -> Augment:
         return Augment()

@@ -46,8 +46,8 @@ class DistillRecipe(Recipe):
         self.teacher = None
 
     # ------------------------------------------------------------------------------------- delegated hooks
-    def resolve(self, n_train: int, image_size: int) -> None:
-        self.base.resolve(n_train, image_size)
+    def resolve(self, n_train: int, image_size: int, fine_tune: bool = False) -> None:
+        self.base.resolve(n_train, image_size, fine_tune)
 
     def augment(self, image_size: int):
         return self.base.augment(image_size)

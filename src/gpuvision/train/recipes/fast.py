@@ -42,7 +42,9 @@ from . import (
 # ------------------------------------------------------------------------------------------ settings
 @dataclass
 class FastSettings(BaseSettings):
-    optimizer: str = "muon"
+    # None: Muon from scratch; SGD to fine-tune given weights (Muon's steps are as large for a trained network as
+    # for a new one, so a short fine-tune with it undoes the training)
+    optimizer: str | None = None
     lr: float | None = None  # SGD learning rate per 1,024 examples (decoupled from momentum); None: by optimizer
     momentum: float = 0.85  # SGD's Nesterov momentum
     weight_decay: float = 0.0153  # per 1,024 examples, decoupled from the learning rate (SGD's parameters)
@@ -56,8 +58,10 @@ class FastSettings(BaseSettings):
     lookahead_every: int | None = None  # steps between Lookahead updates; 0 is off
     max_batch_size: int | None = None  # images; the batch is the largest power of two giving >= 16 steps an epoch
     min_steps: int | None = None  # small data sets get enough epochs for this many steps
-    low_res_scale: float | None = None  # progressive resizing: the first epochs' images are scaled by this (1 off;
-    low_res_fraction: float = 0.5  # this fraction of the epochs, rounded up to whole ones; images of 16+ px only)
+    # Progressive resizing: the first low_res_fraction of the epochs (rounded up to whole ones) see images scaled by
+    # low_res_scale (images of 16+ px only; 1 is off, as when fine-tuning given weights).
+    low_res_scale: float | None = None
+    low_res_fraction: float = 0.5
     translate: int = 2  # pixels of random translation
     cutout: int = 0  # pixels; 0 is off
     tta_level: int = 2
@@ -86,8 +90,11 @@ class FastRecipe(Recipe):
         self.average: WeightAverage | None = None
         self.whiten_group: dict | None = None
 
-    def resolve(self, n_train: int, image_size: int) -> None:
+    def resolve(self, n_train: int, image_size: int, fine_tune: bool = False) -> None:
         s, given_epochs = self.settings, self.settings.epochs
+        s.optimizer = s.optimizer or ("sgd" if fine_tune else "muon")
+        if fine_tune and s.low_res_scale is None:
+            s.low_res_scale = 1.0  # the weights were trained at the full size
         for name, value in BY_OPTIMIZER[s.optimizer].items():
             if getattr(s, name) is None:
                 setattr(s, name, value)

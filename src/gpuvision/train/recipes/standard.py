@@ -41,7 +41,7 @@ class StandardRecipe(Recipe):
         self.average: WeightAverage | None = None
         self.steps_per_epoch = 1
 
-    def resolve(self, n_train: int, image_size: int) -> None:
+    def resolve(self, n_train: int, image_size: int, fine_tune: bool = False) -> None:
         s = self.settings
         s.batch_size = s.batch_size or auto_batch_size(n_train, 256)
         self.steps_per_epoch = math.ceil(n_train / s.batch_size)
