@@ -54,14 +54,14 @@ def _train(model, recipe, loader, device, total_steps: int, epochs: float) -> in
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     step = 0
-    sides = recipe.augment(32).sides  # progressive resizing, as the DeviceLoader does it
+    augment = recipe.augment(32)  # for its progressive resizing, applied as the DeviceLoader applies it
     for epoch in range(math.ceil(epochs)):
         recipe.on_epoch(model, epoch, epochs)
         for x, y in loader:
             if step >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
-            x = resize(x, sides[epoch]) if epoch < len(sides) else x
+            x = resize(x, augment.side(epoch, 32))
             factor = recipe.lr_factor(step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
