@@ -22,6 +22,16 @@ def test_orthogonalised_update_has_singular_values_near_one(shape):
     assert cosine > 0.95  # the direction of U V^T, the nearest semi-orthogonal matrix
 
 
+@pytest.mark.cuda
+def test_orthogonalised_update_in_bf16_on_cuda_matches_fp32():
+    g = torch.randn(64, 576, generator=torch.Generator().manual_seed(0))
+    fast = orthogonalise(g.cuda(), steps=3, dtype=ns_dtype(torch.device("cuda")))
+    assert fast.dtype == torch.bfloat16 and fast.is_cuda
+    exact = orthogonalise(g, steps=3, dtype=torch.float32)
+    cosine = (fast.float().cpu() * exact).sum() / (fast.float().norm().cpu() * exact.norm())
+    assert cosine > 0.99
+
+
 def test_step_equals_torch_muon_on_matrices():
     gen = torch.Generator().manual_seed(1)
     weights = [torch.randn(32, 48, generator=gen), torch.randn(64, 16, generator=gen)]
