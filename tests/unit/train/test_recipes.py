@@ -78,7 +78,7 @@ def test_whitening_bias_never_trained_costs_no_gradient():
 
 
 def test_settings_scale_with_the_data_set_and_keep_what_was_given():
-    small, large = _recipe(n_train=1_400), _recipe(n_train=50_000)
+    small, large = _recipe(n_train=1_400), _recipe(n_train=50_000, optimizer="muon")
     assert small.settings.batch_size < large.settings.batch_size
     assert small.settings.epochs >= large.settings.epochs
     assert small.settings.drop_last
@@ -89,6 +89,7 @@ def test_settings_scale_with_the_data_set_and_keep_what_was_given():
 def test_given_weights_fine_tune_with_sgd_at_full_size_unless_told_otherwise():
     scratch = _recipe(n_train=10_000)
     assert scratch.settings.optimizer == "muon" and scratch.augment(32).sides
+    assert _recipe(n_train=50_000).settings.optimizer == "sgd"  # Muon's settings are not yet tuned at that size
     tuned = create_recipe("fast")
     tuned.resolve(10_000, 32, fine_tune=True)
     assert tuned.settings.optimizer == "sgd" and not tuned.augment(32).sides
