@@ -15,6 +15,11 @@ from .augment import Augment, cutout, flip_translate, resize
 from .input_spec import InputSpec, normalise
 
 
+def epoch_steps(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of n images (drop_last keeps at least one batch)."""
+    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+
+
 def _draw_seed(generator: torch.Generator | None) -> int:
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**31, (1,), device=device, generator=generator))
@@ -41,9 +46,7 @@ class DeviceLoader:
             self.base_flip = torch.rand(len(images), device=device, generator=g) < 0.5
 
     def __len__(self) -> int:
-        if self.drop_last and len(self.labels) >= self.batch_size:
-            return len(self.labels) // self.batch_size
-        return -(-len(self.labels) // self.batch_size)
+        return epoch_steps(len(self.labels), self.batch_size, self.drop_last)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch (epoch only matters for altflip)."""

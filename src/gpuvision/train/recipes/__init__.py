@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...data.augment import Augment
+from ...data.loader import epoch_steps  # noqa: F401  (the recipes' and benchmarks' name for it)
 from ...errors import UserError
 from ...models import ModelSpec
 from ...registry import Registry
@@ -137,11 +138,6 @@ def sgd_or_muon(settings: BaseSettings, groups: list[dict], device: torch.device
 def auto_batch_size(n_train: int, largest: int) -> int:
     """The largest power of two up to `largest` that still gives about 16 steps per epoch (at least 16)."""
     return int(min(largest, max(16, 2 ** math.floor(math.log2(max(n_train // 16, 1))))))
-
-
-def epoch_steps(n_train: int, batch_size: int, drop_last: bool) -> int:
-    """Steps in an epoch, as the DeviceLoader takes them (drop_last keeps at least one batch)."""
-    return n_train // batch_size if drop_last and n_train >= batch_size else math.ceil(n_train / batch_size)
 
 
 class WeightAverage:
