@@ -38,14 +38,12 @@ def git_commit() -> str:
 
 
 def machine(device: str) -> dict:
-    """What the figures were measured on."""
+    """What the figures were measured on: gpuvision's one machine description, plus this moment's load."""
     import torch
 
-    from gpuvision.device import cpu_flags, cpu_has_fast_bf16, cpu_model
+    from gpuvision.device import machine as this_machine
 
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_fast_bf16": cpu_has_fast_bf16(), "avx512": "avx512f" in cpu_flags(),
-            "python": platform.python_version(), "torch": torch.__version__,
+    info = {**this_machine().to_json(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)

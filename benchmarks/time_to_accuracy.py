@@ -50,7 +50,7 @@ import gpuvision
 from gpuvision.config import TrainConfig
 from gpuvision.data import load_images
 from gpuvision.data.safe_archive import iter_members
-from gpuvision.device import cpu_has_fast_bf16, synchronize
+from gpuvision.device import bf16_is_fast, synchronize
 from gpuvision.models import model_spec
 from gpuvision.runtime.base import tta_logits
 from gpuvision.runtime.torch_backends import EagerRuntime
@@ -208,7 +208,7 @@ class AirbenchTool:
         images = data["images"]
         self.root = peer_airbench.write_cifar_folder(work / "airbench", images.images, images.labels, images.classes,
                                                      data["train_idx"], data["test_idx"])
-        self.bf16 = {"auto": cpu_has_fast_bf16(), "bf16": True, "fp32": False}[args.peer_precision]
+        self.bf16 = {"auto": bf16_is_fast(torch.device("cpu")), "bf16": True, "fp32": False}[args.peer_precision]
         self.precision = peer_airbench.precision(args.device, self.bf16)
 
     def warm_up(self) -> dict:

@@ -3,8 +3,9 @@
     python benchmarks/train_step.py [--device cpu] [--batch-size 256] [--precision fp32] [--steps 4]
     python benchmarks/train_step.py --optimizer muon --batch-size 512 --steps 10    # the optimizer step's share
 
-The step is the fast recipe's (its loss and its optimizer: Nesterov SGD, or Muon on the filters with SGD on the
-rest); the optimizer step is also timed on its own, between device syncs, and reported as a share of the step.
+The step is the one gpuvision trains with (train/step.py) in the fast recipe (its loss and its optimizer: Nesterov
+SGD, or Muon on the filters with SGD on the rest); its phases (forward, backward, optimizer) are timed between
+device syncs, and the optimizer's is reported as a share of the step.
 """
 
 from __future__ import annotations
@@ -17,50 +18,41 @@ from pathlib import Path
 import benchlib
 import torch
 
-from gpuvision.device import autocast, pick_device, synchronize
+from gpuvision.device import acceleration, pick_device, synchronize
 from gpuvision.models import create_model, model_spec
 from gpuvision.train.recipes import create_recipe
+from gpuvision.train.step import PhaseTimer, TrainStep
 
 
 def measure(device, precision: str, channels_last: bool, compiled: bool, batch: int, steps: int,
             optimizer: str = "sgd") -> dict:
+    """The training step gpuvision trains with (train/step.py), in the given acceleration settings."""
+    accel = acceleration.resolve(device, precision=precision, channels_last="on" if channels_last else "off",
+                                 compile="on" if compiled else "off")
     torch.manual_seed(0)
-    net = create_model("fastnet", num_classes=10, in_channels=3, image_size=32).to(device)
-    x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    if channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    net = create_model("fastnet", num_classes=10, in_channels=3, image_size=32).to(device,
+                                                                                    memory_format=accel.memory_format)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=accel.memory_format)
+    y = torch.randint(0, 10, (batch,), device=device)
     recipe = create_recipe("fast", optimizer=optimizer, batch_size=batch)
     recipe.resolve(50_000, 32)
-    opt = recipe.optimizer(net, device, model_spec("fastnet"))
-    forward = torch.compile(net, dynamic=False) if compiled else net
-    opt_seconds = [0.0]
-
-    def step():
-        with autocast(device, precision):
-            loss = recipe.loss(forward(x).float(), y, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        synchronize(device)
-        started = time.perf_counter()
-        opt.step()
-        synchronize(device)
-        opt_seconds[0] += time.perf_counter() - started
+    step = TrainStep.create(net, recipe, device, accel, model_spec("fastnet"))
+    total = 10_000  # a schedule position far from its ends: a steady learning rate
 
     started = time.perf_counter()
-    step()
+    step(x, y, 0, total)
     synchronize(device)
     first = time.perf_counter() - started
-    step()
-    synchronize(device)
-    opt_seconds[0] = 0.0
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    per_step = (time.perf_counter() - started) / steps
+    step(x, y, 1, total)
+    timer = PhaseTimer(device)
+    timer.start()
+    for i in range(steps):
+        step(x, y, 2 + i, total, timer)
+    per_step = sum(timer.seconds.values()) / steps
     return {"channels_last": channels_last, "compiled": compiled, "images_per_s": batch / per_step,
-            "first_step_s": first, "step_s": per_step, "optimizer_s": opt_seconds[0] / steps,
-            "optimizer_share": opt_seconds[0] / steps / per_step}
+            "first_step_s": first, "step_s": per_step, "optimizer_s": timer.seconds["optimizer"] / steps,
+            "optimizer_share": timer.seconds["optimizer"] / steps / per_step,
+            "phase_share": {k: v / steps / per_step for k, v in timer.seconds.items()}}
 
 
 def main() -> None:

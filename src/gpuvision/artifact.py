@@ -65,6 +65,7 @@ class Training:
     precision: str
     world_size: int = 1
     compiled: bool = False
+    acceleration: dict | None = None  # device.Acceleration.to_json(): every speed switch and why (None: older)
 
 
 @dataclass(frozen=True)

@@ -99,10 +99,21 @@ class TrainConfig(Validated):
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = setting("auto", "auto (bf16 where the device runs it fast), fp32, bf16 or fp16",
                              choices=("auto", "fp32", "bf16", "fp16"))
+    # The acceleration settings (device/acceleration.py resolves each `auto`, with its reason, into the manifest).
     compile: str = setting("auto", "torch.compile: auto (on for CUDA, off on the CPU), on or off",
                            choices=("auto", "on", "off"))
     loader: str = setting("auto", "device (data set on the device), stream (from pinned host memory), or auto",
                           choices=("auto", "device", "stream"))
+    channels_last: str = setting("auto", "NHWC memory layout: auto (on, unless gpuvision bench measured NCHW "
+                                 "faster here), on or off", choices=("auto", "on", "off"))
+    cuda_graphs: str = setting("auto", "replay compiled steps as CUDA graphs: auto (off until measured), on or off",
+                               choices=("auto", "on", "off"))
+    tf32: str = setting("auto", "TF32 tensor-core fp32 maths: auto (on for CUDA GPUs of compute capability 8.0+), "
+                        "on or off", choices=("auto", "on", "off"))
+    cudnn_benchmark: str = setting("auto", "cuDNN autotuning: auto (on for CUDA), on or off",
+                                   choices=("auto", "on", "off"))
+    optimizer_kernel: str = setting("auto", "optimizer step: auto (fused on CUDA, foreach elsewhere), fused, "
+                                    "foreach or loop", choices=("auto", "fused", "foreach", "loop"))
     seed: int = setting(0, "seed of every random choice (split, init, batches, augmentation)", low=0, high=MAX_SEED)
     val_fraction: float = setting(0.1, "fraction of the training images held out for validation", low=0, high=0.9)
     test_fraction: float = setting(0.2, "fraction held out for testing, when the data has no test part", low=0,
@@ -111,6 +122,9 @@ class TrainConfig(Validated):
     checkpoint_every: int = setting(1, "epochs between checkpoints (0: none)", low=0)
     keep_checkpoints: bool = setting(False, "keep checkpoints/ in the finished model directory (listed in its "
                                      "manifest)")
+    keep_best: bool = setting(False, "keep the weights of the epoch with the best validation accuracy, not the last")
+    early_stop: int = setting(0, "stop after N validation passes without a better validation accuracy, keeping the "
+                              "best epoch's weights (0: off)", low=0)
     pretrained: str | None = setting(None, "a local .safetensors file of initial weights")
     max_decoded_bytes: str | None = setting(None, "bound on the decoded images' memory, e.g. 8G (default: "
                                             "$GPUVISION_MAX_DECODED_BYTES or 8G)")
@@ -126,9 +140,10 @@ class TrainConfig(Validated):
         return self
 
 
-# What a resumed run may change: where it runs and how often it reports; everything else would change the result.
+# What a resumed run may change: where it runs, how fast, and how often it reports; the rest would change the result.
 RESUMABLE_SETTINGS = ("out", "resume", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "loader",
-                      "max_decoded_bytes", "overwrite")
+                      "max_decoded_bytes", "overwrite", "compile", "channels_last", "cuda_graphs", "tf32",
+                      "cudnn_benchmark", "optimizer_kernel")
 
 
 @dataclass

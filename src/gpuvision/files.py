@@ -30,6 +30,12 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         raise
 
 
+def cache_root() -> Path:
+    """Where gpuvision keeps what it can recompute (decoded images, machine measurements): $GPUVISION_CACHE, else
+    ~/.cache/gpuvision."""
+    return Path(os.environ.get("GPUVISION_CACHE") or Path.home() / ".cache" / "gpuvision")
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

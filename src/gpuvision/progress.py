@@ -109,6 +109,9 @@ class TrainProgress:
             self.progress.update(self.task, info=text)
             if not self.tty:
                 self._line(f"epoch {info['epoch']}: {text} ({info['seconds']:.1f} s, {self._eta(info['step'])})")
+        elif event == "early_stop":
+            self._line(f"stopped early after epoch {info['epoch']}: no better {info['metric']} since epoch "
+                       f"{info['best_epoch']} ({info['value']:.4f}), whose weights are kept")
 
 
 class StageProgress:

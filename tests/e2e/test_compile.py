@@ -15,8 +15,10 @@ pytestmark = pytest.mark.compile
 
 
 def test_compiled_training_matches_eager_closely(tmp_path):
+    # SGD: Muon's orthogonalised steps (in bf16 on an AMX CPU) turn the compiled kernels' rounding differences into
+    # weight differences of the order of the learning rate, so only SGD's weights can be compared this closely.
     settings = dict(data="digits", device="cpu", precision="fp32", epochs=1, model_args={"widths": [8, 16, 16]},
-                    eval_every=0, checkpoint_every=0, seed=2)
+                    eval_every=0, checkpoint_every=0, seed=2, optimizer="sgd")
     eager = gpuvision.train(out=str(tmp_path / "eager"), compile="off", **settings)
     compiled = gpuvision.train(out=str(tmp_path / "compiled"), compile="on", **settings)
     assert compiled.manifest.training.compiled is True and eager.manifest.training.compiled is False

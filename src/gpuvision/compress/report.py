@@ -12,7 +12,6 @@ PyTorch models are timed there as well.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 
 from ..artifact import Inference, ModelDir
-from ..device import cpu_flags, describe_device, fast_precisions
+from ..device import describe_device, fast_precisions
+from ..device import machine as this_machine
 from ..files import atomic_write, write_json
 from ..models import count_params
-from ..runtime import Runtime, build_network, open_runtime
+from ..runtime import Runtime, build_network, choice, open_runtime
 from ..runtime.timing import speed
 from . import Context, flops_of
 
@@ -31,16 +31,10 @@ BATCH = 64
 
 
 def candidates(model_dir: ModelDir, compile: bool, device: torch.device) -> dict[str, Callable[[], Runtime]]:
-    """name -> factory of each runtime the model supports on this device."""
-    m = model_dir.manifest
-    if m.format != "safetensors":
-        return {m.inference.name: lambda: open_runtime(model_dir, device)}
-    found = {}
-    compile = compile and not model_dir.encrypted  # inductor would cache the decrypted weights on disk
-    for precision in (p for p in fast_precisions(device) if p != "fp16"):
-        for backend in ("eager", "inductor") if compile else ("eager",):
-            found[f"{backend}-{precision}"] = lambda b=backend, p=precision: open_runtime(model_dir, device, b, p)
-    return found
+    """name -> factory of each PyTorch runtime the model supports on this device, in every precision it runs fast
+    (the onnxruntime variants are rows of their own: int8)."""
+    precisions = [p for p in fast_precisions(device) if p != "fp16"]
+    return choice.candidates(model_dir, device, precisions, compile, onnx=False)
 
 
 @torch.no_grad()
@@ -64,8 +58,8 @@ def _describe(model_dir: ModelDir, example: torch.Tensor) -> dict:
 
 def measure(ctx: Context, name: str, model_dir: ModelDir, only: list[str] | None = None
             ) -> tuple[dict, Inference]:
-    """One report row: the fastest candidate runtime at batch 64, with its latency and accuracy; and that runtime
-    as the manifest's inference setting."""
+    """One report row: the fastest candidate runtime (runtime/choice.py's policy: batch 1 and batch 64 weigh
+    alike), with its latency and accuracy; and that runtime as the manifest's inference setting."""
     cpu = torch.device("cpu")
     inputs = ctx.inputs(ctx.test_images, model_dir.manifest)
     row = {"name": name, "dir": str(model_dir.path), "format": model_dir.manifest.format,
@@ -77,7 +71,8 @@ def measure(ctx: Context, name: str, model_dir: ModelDir, only: list[str] | None
         ctx.emit("stage", stage=name, text=f"measuring {name} on {runtime_name}")
         runtimes[runtime_name] = make()
         speeds[runtime_name] = speed(runtimes[runtime_name].run, inputs, ctx.config.latency_repeats, cpu, BATCH)
-    best = max(speeds, key=lambda r: speeds[r][f"images_per_s_b{BATCH}"])
+    best = choice.fastest({r: {"b1": s["latency_ms_b1"], f"b{BATCH}": BATCH * 1e3 / s[f"images_per_s_b{BATCH}"]}
+                           for r, s in speeds.items()})
     row.update(runtime=best, **speeds[best], accuracy=accuracy(runtimes[best], inputs, ctx.test_labels),
                runtimes_tried=speeds)
     if torch.cuda.is_available() and row["format"] == "safetensors":
@@ -107,12 +102,9 @@ def measure_originals(ctx: Context) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ writing
 def machine() -> dict:
-    flags = cpu_flags()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # timings on a shared machine need this context
-    return {"cpu": describe_device(torch.device("cpu")), "arch": platform.machine(),
-            "threads": torch.get_num_threads(), "load_average_1min": round(load[0], 2) if load else None,
-            "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags],
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
+    return {**this_machine().to_json(), "cpu": describe_device(torch.device("cpu")),
+            "threads": torch.get_num_threads(), "load_average_1min": round(load[0], 2) if load else None}
 
 
 def markdown(report: dict) -> str:

@@ -50,12 +50,13 @@ def flip_translate(images: torch.Tensor, flip: torch.Tensor, shifts: torch.Tenso
 
 
 def resize(images: torch.Tensor, side: int) -> torch.Tensor:
-    """Float images scaled to side x side (antialiased bilinear), channels_last kept."""
+    """Float images scaled to side x side (antialiased bilinear), in the memory layout they came in."""
     if images.shape[-1] == side and images.shape[-2] == side:
         return images
+    nhwc = images.is_contiguous(memory_format=torch.channels_last)
     out = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True,
                                           align_corners=False)
-    return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ..files import atomic_write
+from ..files import atomic_write, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,7 @@ class ImageSet:
 
 def cache_dir() -> Path:
     """Where decoded images live: $GPUVISION_CACHE, else ~/.cache/gpuvision."""
-    root = os.environ.get("GPUVISION_CACHE") or Path.home() / ".cache" / "gpuvision"
-    return Path(root)
+    return cache_root()
 
 
 def cache_key(fingerprint: str, settings: dict) -> str:

@@ -80,8 +80,7 @@ def normalise(pixels: torch.Tensor | np.ndarray, spec: InputSpec, dtype: torch.d
         pixels = torch.from_numpy(np.ascontiguousarray(pixels))
     mean, std = _stats(spec, pixels.device)
     x = (pixels.float() - mean) / std
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x.to(dtype)
 
 

@@ -16,18 +16,14 @@ import torch
 
 from ..artifact import MANIFEST, ModelDir
 from ..config import Access, ServeConfig
-from ..device import describe_device, pick_device
+from ..device import describe_device, inference_precision, pick_device
 from ..errors import BadInput, NotFound, require
-from ..runtime import Model, Runtime, bucket, open_runtime
-from ..runtime.timing import time_calls
+from ..runtime import Model, Runtime, open_runtime
+from ..runtime import choice as runtime_choice
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # safe in a URL path segment and a metric label
-# Candidates `--runtime auto` measures when the manifest's figure is not from this machine. Inductor is left out:
-# compiling every batch bucket takes minutes on a CPU; it runs when asked for or measured here before.
-CANDIDATES = ("eager", "onnxruntime")
-MEASURE_SECONDS = 1.5  # per candidate and batch size: a few seconds of start-up in all
 
 
 @dataclass
@@ -80,7 +76,8 @@ def load_model(path: Path, access: Access | None) -> ModelDir:
 
 def choose_runtime(model_dir: ModelDir, device: torch.device, asked: str, max_batch: int
                    ) -> tuple[Runtime, str, dict]:
-    """The runtime to serve with, why, and the timings behind a measured choice."""
+    """The runtime to serve with, why, and the timings behind a measured choice (runtime/choice.py's policy, over
+    eager, inductor and onnxruntime at the recorded precision; never lower)."""
     m = model_dir.manifest
     if asked != "auto":
         return open_runtime(model_dir, device, asked), "asked", {}
@@ -88,27 +85,9 @@ def choose_runtime(model_dir: ModelDir, device: torch.device, asked: str, max_ba
         return open_runtime(model_dir, device), "onnx", {}
     if m.inference.measured_on == describe_device(device):
         return open_runtime(model_dir, device), "manifest", {}
-    runtimes, timings = {}, {}
-    for backend in CANDIDATES:  # onnxruntime runs a PyTorch model in fp32 only, which is never lower
-        runtime = open_runtime(model_dir, device, backend, "fp32" if backend == "onnxruntime" else None)
-        runtimes[runtime.name], timings[runtime.name] = runtime, measure(runtime, max_batch)
-    # A lone request and a full batch, weighted alike: the mix a server sees between idle and busy.
-    best = min(timings, key=lambda name: sum(timings[name].values()))
-    return runtimes[best], "measured", timings
-
-
-def measure(runtime: Runtime, max_batch: int) -> dict[str, float]:
-    """Median ms of a call at batch 1 and at the largest bucket, within about MEASURE_SECONDS each."""
-    out = {}
-    for size in (1, bucket(max_batch) if runtime.pads else max_batch):
-        x = torch.zeros(size, *runtime.spec.shape)
-        started = time.perf_counter()
-        runtime.logits_normalised(x)  # also the first call, which may be slow
-        once = max(time.perf_counter() - started, 1e-4)
-        repeats = int(min(max(MEASURE_SECONDS / once, 3), 50))
-        times = sorted(time_calls(runtime.logits_normalised, x, repeats, runtime.device, warmup=1))
-        out[f"b{size}"] = round(times[len(times) // 2] * 1e3, 3)
-    return out
+    runtime, timings = runtime_choice.choose(model_dir, device, [inference_precision(m.inference.precision, device)],
+                                     max_batch)
+    return runtime, "measured", timings
 
 
 def open_models(config: ServeConfig, access: Access | None = None) -> list[ServedModel]:

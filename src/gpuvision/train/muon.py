@@ -19,15 +19,14 @@ import math
 
 import torch
 
-from ..device import cpu_has_fast_bf16
+from ..device import bf16_is_fast
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's quintic: steepest slope at zero, converges to ~1
 
 
 def ns_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device multiplies it fast (CUDA, AMX/AVX-512-BF16 CPUs), else fp32."""
-    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
-    return torch.bfloat16 if fast else torch.float32
+    """bf16 where the device multiplies it fast (CUDA, a CPU where bf16 measured faster), else fp32."""
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
 
 
 def orthogonalise(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,

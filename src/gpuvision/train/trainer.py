@@ -36,7 +36,9 @@ from ..data import load_images, make_split
 from ..data.input_spec import InputSpec
 from ..data.loader import DeviceLoader, StreamingLoader
 from ..data.split import save_split, stratified_sample
-from ..device import autocast, fast_cuda_math, pick_device, pick_precision
+from ..device import autocast, pick_device
+from ..device.acceleration import SETTINGS as ACCELERATION_SETTINGS
+from ..device.acceleration import resolve as resolve_acceleration
 from ..errors import BadInput, UserError, require
 from ..files import atomic_write
 from ..models import count_params, create_model, default_model, load_pretrained, model_spec
@@ -45,6 +47,8 @@ from ..runtime.reference import reference_figures
 from . import run_dir
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .recipes import create_recipe, default_recipe
+from .selection import BestEpoch
+from .step import TrainStep
 
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
@@ -63,16 +67,7 @@ class TrainResult:
     model_dir: Path
     manifest: Manifest
     seconds: float
-
-
-def _should_stream(choice: str, train_images: torch.Tensor, device: torch.device) -> bool:
-    """auto: stream only from host to a CUDA device that the training images would fill more than half of."""
-    if choice != "auto":
-        return choice == "stream"
-    if device.type != "cuda":
-        return False
-    free, _ = torch.cuda.mem_get_info(device)
-    return train_images.numel() > free // 2
+    history: list[dict]  # one record per epoch, as in metrics.jsonl
 
 
 class Trainer:
@@ -97,7 +92,6 @@ class Trainer:
         if cfg.resume:
             cfg = self._open_resume()
         self.device = pick_device(cfg.device)
-        self.precision = pick_precision(cfg.precision, self.device)
         self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict,
                                   max_decoded_bytes=cfg.max_decoded_bytes)
         if cfg.resume:
@@ -110,6 +104,11 @@ class Trainer:
         self.out = Path(cfg.out)
         self.split = make_split(self.images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         self._build_model()
+        train_bytes = len(self.split.train) * self.images.images[:1].nbytes
+        self.acceleration = resolve_acceleration(self.device, model=self.architecture["name"], data_bytes=train_bytes,
+                                                 **{k: getattr(cfg, k) for k in ACCELERATION_SETTINGS})
+        self.precision, self.compiled = self.acceleration.precision, self.acceleration.compile
+        self.model.to(self.device, memory_format=self.acceleration.memory_format)
         self._build_loaders()
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = math.ceil(self.recipe.settings.epochs * self.steps_per_epoch)
@@ -117,16 +116,10 @@ class Trainer:
         if spec.data_init and not cfg.pretrained:  # given weights are kept as they are
             sample = torch.from_numpy(self.images.images[self.stats_sample[:DATA_INIT_IMAGES]]).to(self.device)
             spec.data_init(self.model, self.train_loader.normalise(sample))
-        self.recipe.prepare(self.model)
-        self.optimizer = self.recipe.optimizer(self.model, self.device, spec)
-        for group in self.optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
-        # dynamic=False: the epoch's last, smaller batch gets its own static graph instead of turning every
-        # later step into a slower dynamic-shape one.
-        self.forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
+        self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec)
+        self.optimizer, self.scaler = self.train_step.optimizer, self.train_step.scaler
         self.step, self.epoch, self.history = 0, 0, []
+        self.best = self._best_epoch()
         if cfg.resume:
             self._restore(self.checkpoint)
         else:
@@ -137,10 +130,22 @@ class Trainer:
             save_split(self.out / SPLIT_FILE, self.images, self.split, cfg.seed)
         s = self.recipe.settings
         self.emit("setup", device=str(self.device), precision=self.precision, model=self.architecture["name"],
+                  acceleration=self.acceleration.to_json(),
                   recipe=self.recipe.name, compiled=self.compiled, streaming=self.streaming,
                   params=count_params(self.model), split=self.split.sizes(), epochs=s.epochs,
                   batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped),
                   val_source=self.split.val_source, test_source=self.split.test_source)
+
+    def _best_epoch(self) -> BestEpoch | None:
+        """What keeps the best epoch's weights (--keep-best, --early-stop), or None."""
+        cfg = self.config
+        if not (cfg.keep_best or cfg.early_stop):
+            return None
+        flag = "--early-stop" if cfg.early_stop else "--keep-best"
+        require(len(self.split.val) > 0, f"{flag} needs a validation split: give --val-fraction above 0 (or a val/ "
+                "folder)", BadInput)
+        require(cfg.eval_every > 0, f"{flag} compares validation passes: give --eval-every 1 (or more)", BadInput)
+        return BestEpoch("val_accuracy", cfg.early_stop)
 
     def _open_resume(self) -> TrainConfig:
         """Lock the run directory, read its last checkpoint and take the run's own settings from it."""
@@ -176,7 +181,6 @@ class Trainer:
         self.architecture = {"name": name, "args": args}
         if cfg.pretrained:
             load_pretrained(self.model, cfg.pretrained)
-        self.model.to(self.device, memory_format=torch.channels_last)
 
     def _build_loaders(self) -> None:
         """The decoded set goes to the device once (or streams from host memory); the input normalisation comes
@@ -189,66 +193,81 @@ class Trainer:
         self.spec = InputSpec.from_images(images[torch.from_numpy(self.stats_sample)])
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         augment = self.recipe.augment(self.image_side)
+        layout = {"channels_last": self.acceleration.channels_last}
         drop_last = self.recipe.settings.drop_last
-        self.streaming = _should_stream(cfg.loader, images[train_idx], self.device)
+        self.streaming = self.acceleration.loader == "stream"
         if self.streaming:
             self.train_loader = StreamingLoader(images[train_idx], labels[train_idx], batch_size, self.spec,
-                                                self.device, augment, self.generator, drop_last=drop_last)
-            self.val_loader = StreamingLoader(images[val_idx], labels[val_idx], 1000, self.spec, self.device)
+                                                self.device, augment, self.generator, drop_last=drop_last, **layout)
+            self.val_loader = StreamingLoader(images[val_idx], labels[val_idx], 1000, self.spec, self.device,
+                                              **layout)
             return
         images, labels = images.to(self.device), labels.to(self.device)
         train_idx, val_idx = train_idx.to(self.device), val_idx.to(self.device)
         self.train_loader = DeviceLoader(images[train_idx], labels[train_idx], batch_size, self.spec, augment,
-                                         self.generator, drop_last=drop_last)
-        self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.spec)
+                                         self.generator, drop_last=drop_last, **layout)
+        self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.spec, **layout)
 
     # --------------------------------------------------------------------------------------------- train
     def train(self) -> None:
         cfg, recipe, model = self.config, self.recipe, self.model
-        epochs = recipe.settings.epochs
         model.train()
         while self.step < self.total_steps:
-            recipe.on_epoch(model, self.epoch, epochs)
-            steps_this_epoch = min(self.steps_per_epoch, self.total_steps - self.step)
-            self.emit("epoch_start", epoch=self.epoch, steps=steps_this_epoch, total_steps=self.total_steps,
-                      done_steps=self.step)
-            log_every = max(1, steps_this_epoch // LOGS_PER_EPOCH)
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen, started = 0, time.perf_counter()
-            waited = getattr(self.train_loader, "wait_seconds", 0.0)
-            for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
-                if self.step >= self.total_steps:
-                    break
-                loss, logits = self._step(x, y)
-                loss_sum += loss.detach().float() * (1 if recipe.loss_reduction == "sum" else len(y))
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                if self.listening:
-                    self.emit("step", epoch=self.epoch, step=i + 1, images=seen, seconds=time.perf_counter() - started)
-                    if (i + 1) % log_every == 0:  # a logging point: one sync
-                        self.emit("log", loss=loss_sum.item() / seen, accuracy=correct.item() / seen)
-            self.epoch += 1
-            record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum.item() / seen,
-                      "train_accuracy": correct.item() / seen, "lr": self.optimizer.param_groups[-1]["lr"],
-                      "seconds": time.perf_counter() - started}
-            self._require_finite(record["train_loss"], "the training loss")
-            record["images_per_s"] = seen / record["seconds"]
-            if self.streaming:
-                record["data_wait_share"] = (self.train_loader.wait_seconds - waited) / record["seconds"]
+            record = self._train_epoch()
             last = self.step >= self.total_steps
             if len(self.val_loader.labels) and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
                 record["val_loss"], record["val_accuracy"] = self.validate()
                 self._require_finite(record["val_loss"], "the validation loss")
+            stop = self.best is not None and self.best.observe(record, model, recipe)
             self.history.append(record)
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.emit("epoch_end", **record, total_steps=self.total_steps)
+            if stop:
+                self.emit("early_stop", epoch=self.epoch, best_epoch=self.best.epoch, metric=self.best.metric,
+                          value=self.best.value)
+                break
             if cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0 and not last:
                 self.save_checkpoint()
+        if self.best is not None:
+            self.best.restore(model, recipe)
         recipe.finish(model)
         self._require_finite(float(sum(p.float().abs().sum() for p in model.state_dict().values()
                                        if p.is_floating_point())), "the final weights")
+
+    def _train_epoch(self) -> dict:
+        """One epoch of steps; its record (loss, accuracy, lr, speed), read from the device once at its end."""
+        recipe, model = self.recipe, self.model
+        recipe.on_epoch(model, self.epoch, recipe.settings.epochs)
+        steps_this_epoch = min(self.steps_per_epoch, self.total_steps - self.step)
+        self.emit("epoch_start", epoch=self.epoch, steps=steps_this_epoch, total_steps=self.total_steps,
+                  done_steps=self.step)
+        log_every = max(1, steps_this_epoch // LOGS_PER_EPOCH)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, started = 0, time.perf_counter()
+        waited = getattr(self.train_loader, "wait_seconds", 0.0)
+        for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
+            if self.step >= self.total_steps:
+                break
+            loss, logits = self.train_step(x, y, self.step, self.total_steps)
+            self.step += 1
+            loss_sum += loss.detach().float() * (1 if recipe.loss_reduction == "sum" else len(y))
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if self.listening:
+                self.emit("step", epoch=self.epoch, step=i + 1, images=seen, seconds=time.perf_counter() - started)
+                if (i + 1) % log_every == 0:  # a logging point: one sync
+                    self.emit("log", loss=loss_sum.item() / seen, accuracy=correct.item() / seen)
+        self.epoch += 1
+        record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum.item() / seen,
+                  "train_accuracy": correct.item() / seen, "lr": self.optimizer.param_groups[-1]["lr"],
+                  "seconds": time.perf_counter() - started}
+        self._require_finite(record["train_loss"], "the training loss")
+        record["images_per_s"] = seen / record["seconds"]
+        if self.streaming:
+            record["data_wait_share"] = (self.train_loader.wait_seconds - waited) / record["seconds"]
+        return record
 
     def _require_finite(self, value: float, what: str) -> None:
         if not math.isfinite(value):
@@ -256,25 +275,6 @@ class Trainer:
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
             raise UserError(f"training diverged at epoch {self.epoch}: {what} is not finite; lower --lr and start "
                             f"again with --overwrite ({kept})")
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        factor = self.recipe.lr_factor(self.step, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        with autocast(self.device, self.precision):
-            logits = self.forward(x)
-            loss = self.recipe.loss(logits.float(), y, x)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        self.step += 1
-        self.recipe.after_step(self.model, self.step, self.total_steps)
-        return loss, logits
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
@@ -299,6 +299,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "recipe": self.recipe.state_tensors(),
             "rng": {"loader": self.train_loader.state()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "best": self.best.state() if self.best else None,
         }
         path = save_checkpoint(self.out / "checkpoints", self.epoch, state)
         self.emit("checkpoint", path=str(path), epoch=self.epoch)
@@ -312,6 +313,8 @@ class Trainer:
             self.train_loader.set_state(state["rng"]["loader"])
             if self.scaler and state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
+            if self.best and state.get("best"):
+                self.best.load_state(state["best"])
             self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"--resume: the checkpoint in {self.out} does not fit this run ({type(e).__name__}); "
@@ -333,6 +336,9 @@ class Trainer:
         weights = WEIGHT_FILES["safetensors"]
         save_weights(self.out / weights, self.model)
         final = self.history[-1] if self.history else {}
+        if self.best and self.best.epoch is not None:  # the weights are the best epoch's: so are the figures
+            final = {**next(r for r in self.history if r["epoch"] == self.best.epoch),
+                     "selected_by": f"best {self.best.metric}"}
         manifest = Manifest(
             format="safetensors", weights=weights, architecture=self.architecture, classes=self.images.classes,
             input=self.spec,
@@ -340,10 +346,11 @@ class Trainer:
                               sizes=self.split.sizes(), skipped=len(self.images.skipped),
                               val_source=self.split.val_source, test_source=self.split.test_source),
             inference=Inference("eager", self.precision),
-            training=Training(str(self.device), self.precision, 1, self.compiled),
+            training=Training(str(self.device), self.precision, 1, self.compiled, self.acceleration.to_json()),
             tta_level=self.recipe.settings.tta_level, reference=self.reference(), seed=cfg.seed,
             settings=asdict(cfg), recipe=self.recipe.describe(), params=count_params(self.model),
-            metrics={k: final[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy") if k in final},
+            metrics={k: final[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                                           "selected_by") if k in final},
             versions=library_versions(), created=datetime.now().astimezone().isoformat(timespec="seconds"))
         if self.finalize:
             manifest = self.finalize(manifest, self.out)
@@ -363,7 +370,7 @@ class Trainer:
         """Release the run directory's lock and the device memory the run held."""
         if self.lock:
             self.lock.release()
-        for name in ("train_loader", "val_loader", "optimizer", "forward"):
+        for name in ("train_loader", "val_loader", "optimizer", "train_step"):
             self.__dict__.pop(name, None)
         if getattr(self, "device", None) is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -372,12 +379,12 @@ class Trainer:
         started = time.perf_counter()
         try:
             self.setup()
-            with fast_cuda_math(self.device):
+            with self.acceleration.scope(self.device):
                 self.train()
             manifest = self.save_model()
         finally:
             self.cleanup()
-        result = TrainResult(self.out, manifest, time.perf_counter() - started)
+        result = TrainResult(self.out, manifest, time.perf_counter() - started, list(self.history))
         self.emit("done", model_dir=str(self.out), seconds=result.seconds)
         return result
 

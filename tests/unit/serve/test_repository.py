@@ -67,7 +67,8 @@ def test_runtime_choice_asked_recorded_measured_or_onnx(tiny_model, tmp_path):
     runtime, choice, _ = choose_runtime(model_dir, cpu, "eager", 8)
     assert (runtime.name, choice) == ("eager-fp32", "asked")
     runtime, choice, timings = choose_runtime(model_dir, cpu, "auto", 8)
-    assert choice == "measured" and set(timings) == {"eager-fp32", "onnxruntime-fp32"} and runtime.name in timings
+    assert choice == "measured" and runtime.name in timings
+    assert set(timings) == {"eager-fp32", "inductor-fp32", "onnxruntime-fp32"}  # the policy of runtime/choice.py
     assert all(set(t) == {"b1", "b8"} for t in timings.values())
 
     m = model_dir.manifest

@@ -81,11 +81,12 @@ def test_a_small_net_learns_with_muon_on_its_filters_and_matrices():
     assert loss.item() < 0.5 * first and accuracy > 0.9
 
 
-def test_newton_schulz_dtype_follows_the_device(monkeypatch):
-    assert ns_dtype(torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setattr(muon_module, "cpu_has_fast_bf16", lambda: False)
+def test_newton_schulz_dtype_follows_the_measured_cpu(monkeypatch):
+    from gpuvision.device import acceleration
+
+    monkeypatch.setattr(acceleration, "measured", lambda d: {"matmul_tflops": {"fp32": 0.09, "bf16": 0.02}})
     assert ns_dtype(torch.device("cpu")) == torch.float32  # emulated bf16 is far slower than fp32 there
-    monkeypatch.setattr(muon_module, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(acceleration, "measured", lambda d: {"matmul_tflops": {"fp32": 0.23, "bf16": 0.71}})
     assert ns_dtype(torch.device("cpu")) == torch.bfloat16
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ...data.augment import Augment
 from ...data.loader import epoch_steps  # noqa: F401  (the recipes' and benchmarks' name for it)
+from ...device.acceleration import optimizer_kernel
 from ...errors import UserError
 from ...models import ModelSpec
 from ...registry import Registry
@@ -69,8 +70,10 @@ class Recipe:
     def prepare(self, model: nn.Module) -> None:
         """Before the first step, after the model's own data-dependent initialisation (e.g. start weight averages)."""
 
-    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
-        """The optimiser; `spec` carries the architecture's hooks (e.g. parameters that train only early)."""
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec, kernel: str = "foreach"
+                  ) -> torch.optim.Optimizer:
+        """The optimiser; `spec` carries the architecture's hooks (e.g. parameters that train only early); `kernel`
+        is the resolved acceleration's optimizer kernel (fused, foreach or loop)."""
         raise NotImplementedError
 
     def lr_factor(self, step: int, total: int) -> float:
@@ -115,24 +118,20 @@ def norm_and_bias_params(model: nn.Module) -> tuple[list, list]:
     return special, rest
 
 
-def step_kernel(device: torch.device) -> dict:
-    """Fused optimizer steps on CUDA (one kernel for all parameters), multi-tensor (foreach) steps elsewhere."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
-
-
-def sgd_or_muon(settings: BaseSettings, groups: list[dict], device: torch.device, **sgd) -> torch.optim.Optimizer:
+def sgd_or_muon(settings: BaseSettings, groups: list[dict], device: torch.device, kernel: str, **sgd
+                ) -> torch.optim.Optimizer:
     """Nesterov SGD over the parameter groups; with `optimizer: muon`, their convolution filters go to Muon instead.
 
     Muon (see train/muon.py) follows the same learning-rate schedule: the Trainer scales every group's lr alike.
     """
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, nesterov=True, **sgd, **step_kernel(device))
+        return torch.optim.SGD(groups, nesterov=True, **sgd, **optimizer_kernel(kernel))
     filters = [p for g in groups for p in g["params"] if p.ndim > 2]
     rest = [{**g, "params": [p for p in g["params"] if p.ndim <= 2]} for g in groups]
     muon = make_muon(filters, device, lr=settings.muon_lr, momentum=settings.muon_momentum,
                      ns_steps=settings.muon_ns_steps, fixed_norm=settings.muon_fixed_norm)
-    return Optimizers(torch.optim.SGD([g for g in rest if g["params"]], nesterov=True, **sgd, **step_kernel(device)),
-                      muon)
+    sgd_part = torch.optim.SGD([g for g in rest if g["params"]], nesterov=True, **sgd, **optimizer_kernel(kernel))
+    return Optimizers(sgd_part, muon)
 
 
 def auto_batch_size(n_train: int, largest: int) -> int:

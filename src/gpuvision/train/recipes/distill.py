@@ -52,8 +52,9 @@ class DistillRecipe(Recipe):
     def augment(self, image_size: int):
         return self.base.augment(image_size)
 
-    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
-        return self.base.optimizer(model, device, spec)
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec, kernel: str = "foreach"
+                  ) -> torch.optim.Optimizer:
+        return self.base.optimizer(model, device, spec, kernel)
 
     def lr_factor(self, step: int, total: int) -> float:
         return self.base.lr_factor(step, total)

@@ -120,7 +120,8 @@ class FastRecipe(Recipe):
             self.average = WeightAverage(model)
 
     # ------------------------------------------------------------------------------------- optimiser
-    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec, kernel: str = "foreach"
+                  ) -> torch.optim.Optimizer:
         s = self.settings
         early = spec.early_params(model) if spec.early_params else []
         if s.whiten_bias_fraction == 0:  # never trained: no gradient computed for it, nor for what it feeds
@@ -139,7 +140,7 @@ class FastRecipe(Recipe):
 
         groups = [group(biases, s.bias_scaler), group(others, 1.0)] + ([group(early, s.whiten_bias_scaler)] if early
                                                                        else [])
-        optimizer = sgd_or_muon(s, groups, device, momentum=s.momentum)
+        optimizer = sgd_or_muon(s, groups, device, kernel, momentum=s.momentum)
         # Its own group, so a zero learning rate can freeze it later (toggling requires_grad would recompile).
         self.whiten_group = next((g for g in optimizer.param_groups if early and g["params"][0] is early[0]), None)
         return optimizer

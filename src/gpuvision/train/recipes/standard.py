@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from ...data.augment import Augment
+from ...device.acceleration import optimizer_kernel
 from ...models import ModelSpec
-from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params, step_kernel
+from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params
 
 
 @dataclass
@@ -54,12 +55,13 @@ class StandardRecipe(Recipe):
     def prepare(self, model: nn.Module) -> None:
         self.average = WeightAverage(model)
 
-    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec) -> torch.optim.Optimizer:
+    def optimizer(self, model: nn.Module, device: torch.device, spec: ModelSpec, kernel: str = "foreach"
+                  ) -> torch.optim.Optimizer:
         s = self.settings
         lr = s.lr * s.batch_size / 256
         no_decay, decay = norm_and_bias_params(model)
         groups = [dict(params=no_decay, weight_decay=0.0), dict(params=decay, weight_decay=s.weight_decay)]
-        return torch.optim.SGD(groups, lr=lr, momentum=s.momentum, nesterov=True, **step_kernel(device))
+        return torch.optim.SGD(groups, lr=lr, momentum=s.momentum, nesterov=True, **optimizer_kernel(kernel))
 
     def lr_factor(self, step: int, total: int) -> float:
         warmup = max(1, int(self.settings.warmup_fraction * total))
