@@ -47,7 +47,7 @@ def measure(device, precision: str, channels_last: bool, compiled: bool, batch: 
     timer = PhaseTimer(device)
     timer.start()
     for i in range(steps):
-        step(x, y, 2 + i, total, timer)
+        step(x, y, 2 + i, total, timer=timer)
     per_step = sum(timer.seconds.values()) / steps
     return {"channels_last": channels_last, "compiled": compiled, "images_per_s": batch / per_step,
             "first_step_s": first, "step_s": per_step, "optimizer_s": timer.seconds["optimizer"] / steps,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import MISSING, fields
 
@@ -160,12 +161,18 @@ def _emit(obj: dict, as_json: bool, human: str) -> None:
 def run_train(args) -> int:
     from .config import TrainConfig, read_config_file
     from .progress import TrainProgress
+    from .train import distributed
     from .train.trainer import train
 
     base = read_config_file(args.config) if "config" in vars(args) else None
     config = config_from_args(TrainConfig, args, base)
+    if config.nproc > 1 and not distributed.under_launcher():  # the workers train, and rank 0 prints the summary
+        distributed.launch(["train", *args.argv], config.nproc, config.max_restarts)
+        return 0
     with TrainProgress() as progress:
         result = train(config, on_event=progress, access=access_from_args(args))
+    if not distributed.world_from_env().main:
+        return 0
     m = result.manifest
     summary = {"schema_version": 1, "model_dir": str(result.model_dir), "seconds": round(result.seconds, 2),
                "device": m.training.device, "precision": m.training.precision, "model": m.architecture["name"],
@@ -339,15 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     # Library code logs; the CLI shows gpuvision's own information lines (progress in logs) and everyone's warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("gpuvision").setLevel(logging.INFO)
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        args.argv = argv[1:]  # the command's own arguments (train --nproc hands them to its workers)
+        code = COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if "RANK" in os.environ:  # a worker of a distributed run ends right after its work (see end_process)
+        from .train.distributed import end_process
+
+        end_process(code)
+    return code
 
 
 def flag_table() -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -17,6 +19,38 @@ from pathlib import Path
 from .errors import BadInput, NotFound, require
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+CADENCE = re.compile(r"(\d+(?:\.\d+)?)(e|st|s)?")
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """How often a run checkpoints: every N epochs (`3e`, or a plain 3), steps (`500st`) or seconds (`600s`); 0
+    never. A step or time cadence checkpoints within epochs, so a killed run loses at most that much work."""
+
+    every: float
+    unit: str  # "e", "st" or "s"
+
+    @classmethod
+    def parse(cls, value: str | int) -> Cadence:
+        match = CADENCE.fullmatch(str(value).strip())
+        require(match is not None, f"--checkpoint-every {value!r}: give N epochs (3 or 3e), steps (500st) or seconds "
+                "(600s); 0 for none", BadInput)
+        every, unit = float(match[1]), match[2] or "e"
+        require(unit == "s" or every == int(every), f"--checkpoint-every {value}: epochs and steps are whole",
+                BadInput)
+        return cls(every, unit)
+
+    def __str__(self) -> str:
+        return f"{self.every:g}{self.unit}"
+
+    def at_epoch_end(self, epoch: int) -> bool:
+        return self.unit == "e" and self.every > 0 and epoch % max(int(self.every), 1) == 0
+
+    def within_epoch(self, step: int, since: float) -> bool:
+        """After global step `step`, `since` the monotonic time of the last checkpoint (or the run's start)."""
+        if self.every <= 0 or self.unit == "e":
+            return False
+        return step % int(self.every) == 0 if self.unit == "st" else time.monotonic() - since >= self.every
 
 
 def setting(default=MISSING, help: str = "", *, choices: tuple | str | None = None, low: float | None = None,
@@ -119,7 +153,17 @@ class TrainConfig(Validated):
     test_fraction: float = setting(0.2, "fraction held out for testing, when the data has no test part", low=0,
                                    high=0.9, low_open=True)
     eval_every: int = setting(1, "epochs between validation passes (0: only at the end)", low=0)
-    checkpoint_every: int = setting(1, "epochs between checkpoints (0: none)", low=0)
+    checkpoint_every: str | int = setting("1e", "checkpoint every N epochs (1e, or 1), steps (500st) or seconds "
+                                          "(600s); 0: none")
+    max_nonfinite: int = setting(10, "steps with a non-finite gradient (each skipped) before the run stops", low=0)
+    grad_accum: int = setting(1, "micro-batches per step: gradients of K smaller batches summed before each update "
+                              "(a global batch larger than the devices hold)", low=1, high=4096)
+    sync_bn: str = setting("auto", "batch norm over the global batch on several processes: auto (on when a "
+                           "process's share of a batch is under 32 images), on or off", choices=("auto", "on", "off"))
+    nproc: int = setting(1, "processes on this machine: more than 1 runs torchrun for you (one per GPU; CPU "
+                         "processes use gloo)", low=1, high=1024)
+    max_restarts: int = setting(0, "with --nproc: times torchrun restarts failed workers, which resume from the last "
+                                "checkpoint", low=0, high=1000)
     keep_checkpoints: bool = setting(False, "keep checkpoints/ in the finished model directory (listed in its "
                                      "manifest)")
     keep_best: bool = setting(False, "keep the weights of the epoch with the best validation accuracy, not the last")
@@ -137,13 +181,15 @@ class TrainConfig(Validated):
         super().validate()
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one",
                 BadInput)
+        Cadence.parse(self.checkpoint_every)
         return self
 
 
 # What a resumed run may change: where it runs, how fast, and how often it reports; the rest would change the result.
 RESUMABLE_SETTINGS = ("out", "resume", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "loader",
                       "max_decoded_bytes", "overwrite", "compile", "channels_last", "cuda_graphs", "tf32",
-                      "cudnn_benchmark", "optimizer_kernel")
+                      "cudnn_benchmark", "optimizer_kernel", "max_nonfinite", "grad_accum", "sync_bn", "nproc",
+                      "max_restarts")
 
 
 @dataclass

@@ -92,7 +92,7 @@ def test_a_damaged_checkpoint_on_resume_is_one_line(capsys, tmp_path):
     gpuvision.train(data="digits", out=str(out), epochs=2, checkpoint_every=1, device="cpu", keep_checkpoints=True,
                     model_args={"widths": [8, 8, 8]})
     (out / "manifest.json").unlink()
-    (out / "checkpoints" / "epoch-0001" / "state.safetensors").write_bytes(b"\0" * 10)
+    next((out / "checkpoints").glob("epoch-0001*/state.safetensors")).write_bytes(b"\0" * 10)
     assert "damaged" in refused(capsys, "train", "--out", out, "--resume")
 
 
@@ -101,6 +101,34 @@ def test_divergence_fails_clearly_and_writes_no_model(capsys, tmp_path):
     assert "diverged" in refused(capsys, "train", "--out", out, "--lr", "1000000", "--epochs", "2",
                                  "--checkpoint-every", "1", "--device", "cpu")
     assert not (out / "manifest.json").exists()
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run_with_a_good_checkpoint(monkeypatch, tmp_path):
+    """From step 25 on every loss is NaN: those steps are skipped; past --max-nonfinite the run stops at the end of
+    epoch 2 (steps 21-40: 16 skipped), and the checkpoint of epoch 1 (20 steps) is intact and finite."""
+    from safetensors.torch import load_file
+
+    from gpuvision.errors import UserError
+    from gpuvision.train.recipes.fast import FastRecipe
+
+    calls = {"n": 0}
+    loss = FastRecipe.loss
+
+    def poisoned(self, logits, labels, inputs):
+        calls["n"] += 1
+        return loss(self, logits, labels, inputs) * (float("nan") if calls["n"] > 24 else 1.0)
+
+    monkeypatch.setattr(FastRecipe, "loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"16 steps had non-finite gradients .* --max-nonfinite 3"):
+        gpuvision.train(data="digits", out=str(out), epochs=3, checkpoint_every=1, max_nonfinite=3, device="cpu",
+                        precision="fp32", model_args={"widths": [8, 8, 8]})
+    (checkpoint,) = (out / "checkpoints").glob("epoch-0001*")
+    state = load_file(checkpoint / "state.safetensors")
+    assert all(v.isfinite().all() for v in state.values() if v.is_floating_point())
+    assert not (out / "manifest.json").exists()
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1] and epochs[0]["nonfinite_steps"] == 0
 
 
 def test_bad_settings_and_bad_model_args_exit_2(capsys, tmp_path):

@@ -59,11 +59,15 @@ def resize(images: torch.Tensor, side: int) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 
-def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero one size x size square per image, placed uniformly inside it."""
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None,
+           corner: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero one size x size square per image, placed uniformly inside it: at `corner` (N x 2 uniform draws in
+    [0, 1), drawn by the caller) or drawn here from `generator`."""
     n, _, h, w = images.shape
-    top = torch.randint(0, h - size + 1, (n, 1, 1, 1), device=images.device, generator=generator)
-    left = torch.randint(0, w - size + 1, (n, 1, 1, 1), device=images.device, generator=generator)
+    if corner is None:
+        corner = torch.rand(n, 2, device=images.device, generator=generator)
+    top = (corner[:, 0] * (h - size + 1)).long().view(n, 1, 1, 1)
+    left = (corner[:, 1] * (w - size + 1)).long().view(n, 1, 1, 1)
     ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
     xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
     mask = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from ..files import atomic_write, cache_root
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
+MAX_HEADER = 100 << 20  # safetensors' own bound on a header
 PARTS = ("", "train", "val", "test")  # given_part values; "" where the source has no parts
 
 
@@ -96,10 +98,29 @@ def load_cached(key: str) -> ImageSet | None:
     if not (meta_path.exists() and arrays_path.exists()):
         return None
     try:
-        return _validated(json.loads(meta_path.read_text()), load_file(arrays_path))
+        return _validated(json.loads(meta_path.read_text()), read_arrays(arrays_path))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         log.warning("ignoring the damaged cache entry %s (%s); decoding again", arrays_path, e)
         return None
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """A cache entry's arrays; the images memory-mapped (copy-on-write), so a set larger than memory costs only the
+    pages a process reads (its shard, its batches) and a cached load takes no time whatever its size. ValueError
+    (or KeyError) for a file that is not such an entry."""
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        if header_size > MAX_HEADER:
+            raise ValueError(f"a safetensors header of {header_size} bytes")
+        entry = json.loads(f.read(header_size))["images"]
+    with safe_open(path, framework="numpy") as f:  # validates the header; the small arrays are read whole
+        arrays = {k: f.get_tensor(k) for k in f.keys() if k != "images"}  # noqa: SIM118 (a safe_open handle)
+    begin, end = entry["data_offsets"]
+    shape = tuple(int(d) for d in entry["shape"])
+    if entry["dtype"] != "U8" or end - begin != math.prod(shape) or 8 + header_size + end > path.stat().st_size:
+        raise ValueError("the images array does not match its header")
+    arrays["images"] = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_size + begin, shape=shape)
+    return arrays
 
 
 def _validated(meta: dict, arrays: dict) -> ImageSet:

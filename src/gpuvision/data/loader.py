@@ -1,13 +1,21 @@
-"""DeviceLoader: batches drawn by index from uint8 images resident on the device, augmented and normalised there.
+"""Loaders: batches drawn by index from decoded uint8 images, augmented and normalised on the device.
 
-The whole decoded set is copied to the device once; each step is then one gather (crop, flip), one cast and one
-normalisation on the device: no per-image Python and no host-to-device copy per step.
+DeviceLoader: the images live on the device; a step is one gather (crop, flip), one cast and one normalisation
+there: no per-image Python and no host-to-device copy per step. StreamingLoader: the images stay in host memory
+(a memory-mapped cache: only the rows read are paged in) and a background thread gathers each batch into a pinned
+buffer and copies it over, ahead of use.
+
+Order and augmentation are drawn per *global* batch, identically in every process (the same seeded generators),
+then sharded: a process holds one contiguous block (`Shard`) of the split and takes, from each global batch, the
+images of its block. N processes thus train on exactly the global batches one process draws, each touching only
+its own images; a process's part of a global batch varies around batch/N from step to step.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -25,55 +33,113 @@ def _draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**31, (1,), device=device, generator=generator))
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The block [start, stop) of a split's `total` images that one process holds."""
+
+    start: int
+    stop: int
+    total: int
+
+    @classmethod
+    def of(cls, total: int, rank: int = 0, world: int = 1) -> Shard:
+        return cls(total * rank // world, total * (rank + 1) // world, total)
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop == self.total
+
+
 class DeviceLoader:
     """Iterate (inputs, labels) batches of one split; shuffled and augmented when `augment` is given.
 
-    images: N x C x H x W uint8 on the device; spec: the model's input (normalisation). Every image is yielded
-    exactly once per epoch (the last batch may be smaller; drop_last skips it). The generator's state is all the
-    loader's randomness, so saving it at an epoch boundary makes a resumed run draw the same batches.
+    images, labels: this process's block of the split (all of it unless `shard` says otherwise), uint8
+    N x C x H x W on the device; spec: the model's input (normalisation); batch_size: the global batch. Every image
+    of the split is in exactly one global batch per epoch (the last may be smaller; drop_last skips it). The
+    generators' states are all the loader's randomness, so saving them at an epoch boundary replays its batches.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: InputSpec,
                  augment: Augment | None = None, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = True, drop_last: bool = False):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = True, drop_last: bool = False,
+                 shard: Shard | None = None):
         self.images, self.labels, self.batch_size, self.drop_last = images, labels, batch_size, drop_last
         self.augment, self.generator, self.dtype, self.channels_last = augment, generator, dtype, channels_last
-        self.spec, device = spec, images.device
+        self.spec, self.device = spec, labels.device
+        self.plan_device = images.device  # where the rows a step gathers are indexed from
+        self.shard = shard or Shard.of(len(labels))
+        # The order is drawn on the host (the shard plan is host arithmetic; no device sync per step), the
+        # augmentation on the device generator, each from its own seeded stream.
+        self.order_generator = torch.Generator().manual_seed(_draw_seed(generator))
         if augment and augment.flip and augment.altflip:
             # altflip (from airbench): each image gets a random first flip, then flips every other epoch, so
-            # consecutive epochs see both mirror images of it.
-            g = torch.Generator(device=device).manual_seed(_draw_seed(generator))
-            self.base_flip = torch.rand(len(images), device=device, generator=g) < 0.5
+            # consecutive epochs see both mirror images of it. Drawn for the whole split: the same in every process.
+            g = torch.Generator(device=self.device).manual_seed(_draw_seed(generator))
+            base = torch.rand(self.shard.total, device=self.device, generator=g) < 0.5
+            self.base_flip = base[self.shard.start : self.shard.stop]
 
     def __len__(self) -> int:
-        return epoch_steps(len(self.labels), self.batch_size, self.drop_last)
+        return epoch_steps(self.shard.total, self.batch_size, self.drop_last)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of one epoch (epoch only matters for altflip)."""
-        n = len(self.labels)
+    def global_size(self, step: int) -> int:
+        """Images in the global batch of the epoch's `step` (all processes together)."""
+        return min(self.batch_size, self.shard.total - step * self.batch_size)
+
+    def epoch(self, epoch: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's part of each global batch of one epoch (epoch only matters for altflip); `skip` draws
+        the first batches without yielding them (resuming mid-epoch replays the rest exactly)."""
         if self.augment is None:
-            for start in range(0, n, self.batch_size):
-                end = start + self.batch_size
-                yield self.normalise(self.images[start:end]), self.labels[start:end]
+            for start in range(0, len(self.labels), self.batch_size):
+                yield self.normalise(self._rows(slice(start, start + self.batch_size))), \
+                    self.labels[start : start + self.batch_size]
             return
-        order = torch.randperm(n, device=self.images.device, generator=self.generator)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self._augment(self.images[idx], idx, epoch), self.labels[idx]
+        for local, positions, size in self._plan(skip):
+            params = self._draw(size, positions)
+            if local is not None:
+                yield self._augment(self._rows(local), local, epoch, params), self.labels[local]
 
-    def _augment(self, images: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    def _plan(self, skip: int) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None, int]]:
+        """Per global batch of the epoch: this process's rows in it, their positions in it (None: all of it)
+        and its size; None rows for a skipped batch. Computed once per epoch on the host, copied over once."""
+        s, size = self.shard, self.batch_size
+        order = torch.randperm(s.total, generator=self.order_generator)[: len(self) * size if self.drop_last else None]
+        step_of = torch.arange(len(order)) // size
+        mine = (order >= s.start) & (order < s.stop)
+        local = (order[mine] - s.start).to(self.plan_device, non_blocking=True)
+        positions = None if s.whole else (torch.arange(len(order)) % size)[mine].to(self.device, non_blocking=True)
+        counts = torch.bincount(step_of[mine], minlength=len(self)).tolist()
+        offset = 0
+        for step, count in enumerate(counts):
+            part = slice(offset, offset + count)
+            offset += count
+            yield (local[part] if step >= skip else None), (None if positions is None else positions[part]), \
+                self.global_size(step)
+
+    def _draw(self, size: int, positions: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One global batch's augmentation (drawn alike in every process), this process's part of it."""
+        aug, g, device = self.augment, self.generator, self.device
+        params = {"flip": torch.rand(size, device=device, generator=g) < 0.5 if aug.flip and not aug.altflip
+                  else None,
+                  "shifts": torch.randint(-aug.translate, aug.translate + 1, (size, 2), device=device, generator=g)}
+        if aug.cutout:
+            params["corner"] = torch.rand(size, 2, device=device, generator=g)
+        return {k: v if v is None or positions is None else v[positions] for k, v in params.items()}
+
+    def _augment(self, images: torch.Tensor, local: torch.Tensor, epoch: int, params: dict) -> torch.Tensor:
         """A uint8 batch flipped and translated in one gather, normalised, resized to the epoch's side, cut out."""
-        aug, g, device = self.augment, self.generator, images.device
+        aug = self.augment
         if aug.flip and aug.altflip:
-            flip = self.base_flip[idx] ^ bool(epoch % 2)
+            flip = self.base_flip[local] ^ bool(epoch % 2)
         elif aug.flip:
-            flip = torch.rand(len(idx), device=device, generator=g) < 0.5
+            flip = params["flip"]
         else:
-            flip = torch.zeros(len(idx), dtype=torch.bool, device=device)
-        shifts = torch.randint(-aug.translate, aug.translate + 1, (len(idx), 2), device=device, generator=g)
-        x = self.normalise(flip_translate(images, flip, shifts))
+            flip = torch.zeros(len(local), dtype=torch.bool, device=self.device)
+        x = self.normalise(flip_translate(images, flip, params["shifts"]))
         x = resize(x, aug.side(epoch, images.shape[-1])) if aug.sides else x
-        return cutout(x, aug.cutout, g) if aug.cutout else x
+        return cutout(x, aug.cutout, corner=params["corner"]) if aug.cutout else x
+
+    def _rows(self, index) -> torch.Tensor:
+        return self.images[index]
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 -> the model's input (channels_last unless disabled)."""
@@ -81,39 +147,48 @@ class DeviceLoader:
 
     def state(self) -> dict[str, torch.Tensor]:
         """All the loader's randomness; restoring it at an epoch boundary replays the same batches."""
-        return {"device": self.generator.get_state()} if self.generator is not None else {}
+        state = {"order": self.order_generator.get_state()}
+        return {**state, "device": self.generator.get_state()} if self.generator is not None else state
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.order_generator.set_state(state["order"])
         if self.generator is not None:
             self.generator.set_state(state["device"])
 
 
 class StreamingLoader(DeviceLoader):
-    """Batches gathered on the host from (pinned) memory and copied to the device ahead of use.
+    """Batches gathered on the host and copied to the device ahead of use.
 
-    For data sets larger than the device memory: a background thread gathers the next batches by index into
-    pinned buffers and starts their copies, images and indices alike (non-blocking, on a side CUDA stream), so
-    copying overlaps the current step; augmentation still runs batched on the device. `wait_seconds` counts the
-    time the training loop spent waiting for a batch, to report the share of step time lost to data.
+    For data sets larger than the device memory, or than the host's (a memory-mapped cache): `images` is a host
+    array and `rows` (if given) says which of its rows are this process's block, so only those are ever read. A
+    background thread gathers the next batches into pinned buffers and starts their copies, images and indices
+    alike (non-blocking, on a side CUDA stream), so copying overlaps the current step; augmentation still runs
+    batched on the device. `wait_seconds` counts the time the training loop spent waiting for a batch.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: InputSpec,
-                 device: torch.device,
-                 augment: Augment | None = None, generator: torch.Generator | None = None,
+                 device: torch.device, augment: Augment | None = None, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = True, prefetch: int = 3,
-                 drop_last: bool = False):
-        pin = device.type == "cuda"
-        host_images = images.cpu().pin_memory() if pin else images.cpu()
-        # The permutation is drawn on the host (the images are there); augmentation draws on the device generator.
-        self.host_generator = torch.Generator().manual_seed(_draw_seed(generator))
-        super().__init__(host_images, labels.to(device), batch_size, spec, augment, generator, dtype,
-                         channels_last, drop_last)
-        self.device, self.pin, self.prefetch, self.wait_seconds = device, pin, prefetch, 0.0
-        if hasattr(self, "base_flip"):
-            self.base_flip = self.base_flip.to(device)
+                 drop_last: bool = False, shard: Shard | None = None, rows: torch.Tensor | None = None):
+        super().__init__(images, labels.to(device), batch_size, spec, augment, generator, dtype, channels_last,
+                         drop_last, shard)
+        self.host_rows = rows  # None: images holds exactly this process's block
+        self.pin, self.prefetch, self.wait_seconds = device.type == "cuda", prefetch, 0.0
 
-    def _batches(self, order: torch.Tensor):
-        """Yield (device uint8 images, device indices) in order, produced by a background thread."""
+    def epoch(self, epoch: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.augment is None:
+            n = len(self.labels)
+            steps = [(torch.arange(i, min(i + self.batch_size, n)), None) for i in range(0, n, self.batch_size)]
+            for images, local, _ in self._stream(steps):
+                yield self.normalise(images), self.labels[local]
+            return
+        for images, local, params in self._stream([(p[0], p) for p in self._plan(skip)]):
+            if local is not None:
+                yield self._augment(images, local, epoch, params), self.labels[local]
+
+    def _stream(self, steps: list):
+        """(device images, device local rows, augmentation params) per step, gathered by a background thread;
+        augmentation is drawn here, in step order, so the generator's sequence matches the device loader's."""
         import queue
         import threading
 
@@ -122,42 +197,47 @@ class StreamingLoader(DeviceLoader):
         stop = threading.Event()
 
         def produce():
-            for start in range(0, len(order), self.batch_size):
+            for local, _ in steps:
                 if stop.is_set():
                     return
-                idx = order[start : start + self.batch_size]
-                batch = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=self.pin)
-                torch.index_select(self.images, 0, idx, out=batch)
+                if local is None:
+                    slots.put((None, None, None))
+                    continue
+                rows = local if self.host_rows is None else self.host_rows[local]
+                batch = torch.empty((len(rows), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=self.pin)
+                torch.index_select(self.images, 0, rows, out=batch)
                 if stream is not None:
                     with torch.cuda.stream(stream):
                         # pinned, so the index copy does not block this thread as a pageable one would
                         on_device = batch.to(self.device, non_blocking=True)
-                        idx = idx.pin_memory().to(self.device, non_blocking=True)
+                        local = local.pin_memory().to(self.device, non_blocking=True)
                         ready = torch.cuda.Event()
                         ready.record(stream)
                 else:
                     on_device, ready = batch, None
-                slots.put((on_device, idx, ready))
-            slots.put(None)
+                slots.put((on_device, local, ready))
+            slots.put(StopIteration)
 
         worker = threading.Thread(target=produce, daemon=True)
         worker.start()
         try:
-            while True:
+            for _, plan in steps:
                 started = time.perf_counter()
                 item = slots.get()
                 self.wait_seconds += time.perf_counter() - started
-                if item is None:
-                    return
-                on_device, idx, ready = item
+                on_device, local, ready = item
+                params = self._draw(plan[2], plan[1]) if plan is not None and self.augment else None
+                if on_device is None:
+                    yield None, None, params
+                    continue
                 if ready is not None:
                     main = torch.cuda.current_stream(self.device)
                     main.wait_event(ready)
                     # Made on the side stream, used on this one: without this the allocator could hand their
                     # memory to the next copy once Python drops them, while this stream's kernels still read it.
                     on_device.record_stream(main)
-                    idx.record_stream(main)
-                yield on_device, idx
+                    local.record_stream(main)
+                yield on_device, local, params
         finally:
             stop.set()
             while worker.is_alive():  # drain so the producer can finish
@@ -166,20 +246,3 @@ class StreamingLoader(DeviceLoader):
                 except queue.Empty:
                     pass
             worker.join()
-
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        if self.augment is None:
-            for images, idx in self._batches(torch.arange(n)):
-                yield self.normalise(images), self.labels[idx]
-            return
-        order = torch.randperm(n, generator=self.host_generator)[: len(self) * self.batch_size]  # drop_last
-        for images, idx in self._batches(order):
-            yield self._augment(images, idx, epoch), self.labels[idx]
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {**super().state(), "host": self.host_generator.get_state()}
-
-    def set_state(self, state: dict[str, torch.Tensor]) -> None:
-        super().set_state(state)
-        self.host_generator.set_state(state["host"])

@@ -127,11 +127,12 @@ def pick_precision(request: str, device: torch.device, model: str | None = None)
 
 
 # ------------------------------------------------------------------------------------------ everything else
-def resolve(device: torch.device, *, model: str | None = None, data_bytes: int = 0, **requested: str
-            ) -> Acceleration:
+def resolve(device: torch.device, *, model: str | None = None, data_bytes: int = 0, resident_bytes: int | None = None,
+            **requested: str) -> Acceleration:
     """Resolve each setting (`auto`, `on`/`off`, or a named choice) for a run of `model` on `device` whose
-    training images take `data_bytes`; unnamed settings are `auto`. Explicit requests that cannot apply here are
-    a clear error, never silently dropped."""
+    training images take `data_bytes` (this process's share), of which at most `resident_bytes` may be held in
+    memory; unnamed settings are `auto`. Explicit requests that cannot apply here are a clear error, never
+    silently dropped."""
     unknown = set(requested) - set(SETTINGS)
     require(not unknown, f"unknown acceleration setting(s) {', '.join(sorted(unknown))}", BadInput)
     ask = {name: requested.get(name) or "auto" for name in SETTINGS}
@@ -165,11 +166,18 @@ def resolve(device: torch.device, *, model: str | None = None, data_bytes: int =
            "off: cuDNN is CUDA only", cuda, "cuDNN autotuning needs a CUDA device")
     choose("optimizer_kernel", "fused" if cuda else "foreach", "fused on CUDA: one kernel for all parameters" if cuda
            else "foreach: multi-tensor steps (fused steps are a CUDA speed-up)")
-    stream = cuda and data_bytes > torch.cuda.mem_get_info(device)[0] // 2
-    choose("loader", "stream" if stream else "device", "stream: the training images would fill more than half the "
-           "free device memory" if stream else "device: the decoded training images fit on the device",
-           ask["loader"] != "stream" or device.type != "mps", "streaming needs a CPU or CUDA device")
+    choose("loader", *_auto_loader(device, data_bytes, resident_bytes), ask["loader"] != "stream" or device.type !=
+           "mps", "streaming needs a CPU or CUDA device")
     return Acceleration(**values, reasons=reasons)
+
+
+def _auto_loader(device: torch.device, data_bytes: int, resident_bytes: int | None) -> tuple[str, str]:
+    if resident_bytes is not None and data_bytes > resident_bytes:
+        return "stream", (f"stream: the training images ({data_bytes / 2**30:.2f} GiB) exceed the bound on what is "
+                          f"held in memory ({resident_bytes / 2**30:.2f} GiB): batches are read from the cache")
+    if device.type == "cuda" and data_bytes > torch.cuda.mem_get_info(device)[0] // 2:
+        return "stream", "stream: the training images would fill more than half the free device memory"
+    return "device", "device: the decoded training images fit on the device"
 
 
 def _auto_layout(device: torch.device, model: str | None, precision: str) -> tuple[bool, str]:

@@ -18,8 +18,6 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError, require
 
 SEP = "/"
-
-
 def flatten(obj, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
     """Split a nested dict/list of tensors and plain values into ({path: tensor}, JSON-able skeleton)."""
     if isinstance(obj, torch.Tensor):
@@ -53,11 +51,13 @@ def unflatten(skeleton, tensors: dict[str, torch.Tensor]):
     return skeleton
 
 
-def save_checkpoint(directory: Path, epoch: int, state: dict, keep: int = 1) -> Path:
-    """Write state (nested dicts of tensors and JSON values) as checkpoints/epoch-NNNN, keeping the newest `keep`."""
+def save_checkpoint(directory: Path, epoch: int, step: int, state: dict, keep: int = 1) -> Path:
+    """Write state (nested dicts of tensors and JSON values) as checkpoints/epoch-EEEE-step-SSSSSSSSS (names sort in
+    training order), keeping the newest `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"epoch-{epoch:04d}"
-    tmp = directory / f".tmp-epoch-{epoch:04d}"
+    name = f"epoch-{epoch:04d}-step-{step:09d}"
+    final = directory / name
+    tmp = directory / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors, skeleton = flatten(state)

@@ -1,17 +1,22 @@
 """The Trainer: setup / train / save_checkpoint / save_model / cleanup, configured by a TrainConfig and a recipe.
 
 Launch (one GPU or the CPU):   gpuvision train --data DATA [--epochs E] [--out DIR]
+Several processes:             gpuvision train --nproc 4 ...   or   torchrun --nproc-per-node 4 -m gpuvision train ...
 From Python:                   gpuvision.train(data="digits", epochs=5, out="runs/digits")
 
 The loop keeps its running loss and accuracy on the device and reads them to the host only at logging points
 (epoch ends, plus a few points per epoch when a progress callback is listening), so a GPU is never stalled per step.
-A run holds an OS lock on its directory; a loss or weights that stop being finite end it with a clear error,
-keeping the last good checkpoint.
+On several processes (train/distributed.py) each holds its block of the data and takes its part of every global
+batch; gradients, validation and test figures are summed over all of them; only rank 0 writes the run directory.
+A run holds an OS lock on its directory; a step whose gradients are not finite is skipped (counted; more than
+--max-nonfinite end the run), and weights that stop being finite end it with a clear error, keeping the last good
+checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..artifact import (
+    MANIFEST,
     WEIGHT_FILES,
     Inference,
     Manifest,
@@ -31,12 +37,12 @@ from ..artifact import (
     save_weights,
     write_manifest,
 )
-from ..config import Access, TrainConfig
+from ..config import Access, Cadence, TrainConfig
 from ..data import load_images, make_split
-from ..data.input_spec import InputSpec
-from ..data.loader import DeviceLoader, StreamingLoader
-from ..data.split import save_split, stratified_sample
-from ..device import autocast, pick_device
+from ..data.limits import env_bytes, parse_bytes
+from ..data.loader import Shard
+from ..data.split import save_split
+from ..device import Acceleration, autocast, pick_device
 from ..device.acceleration import SETTINGS as ACCELERATION_SETTINGS
 from ..device.acceleration import resolve as resolve_acceleration
 from ..errors import BadInput, UserError, require
@@ -44,17 +50,20 @@ from ..files import atomic_write
 from ..models import count_params, create_model, default_model, load_pretrained, model_spec
 from ..runtime import EagerRuntime
 from ..runtime.reference import reference_figures
-from . import run_dir
+from . import distributed, run_dir
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .loaders import build_loaders
 from .recipes import create_recipe, default_recipe
 from .selection import BestEpoch
 from .step import TrainStep
 
+log = logging.getLogger(__name__)
+
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
-STATS_IMAGES = 10_000  # training images that set the input normalisation
 DATA_INIT_IMAGES = 5_000  # of those, the ones a model's data-dependent initialisation sees (fastnet's whitening)
 LOGS_PER_EPOCH = 4  # logging points per epoch when a progress callback listens (each is one device sync)
+SYNC_BN_BELOW = 32  # sync_bn auto: batch norm over the global batch when a process's share is smaller than this
 
 Event = Callable[..., None]
 Finalize = Callable[[Manifest, Path], Manifest]
@@ -78,10 +87,12 @@ class Trainer:
                  access: Access | None = None):
         self.config = replace(config).validate()
         self.access = access  # how model directories the recipe reads (a distillation teacher) are opened
-        self.emit = on_event or (lambda *a, **k: None)
-        self.listening = on_event is not None
+        self.world = distributed.world_from_env()
+        self.listening = on_event is not None and self.world.main  # only rank 0 reports
+        self.emit = on_event if self.listening else (lambda *a, **k: None)
         self.finalize = finalize
         self.lock: run_dir.RunLock | None = None
+        self.owns_group = False
 
     # --------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -89,52 +100,81 @@ class Trainer:
         everything that can fail on bad input has run, so a refused run leaves no directory behind."""
         cfg = self.config
         cfg.data = run_dir.absolute_data(cfg.data)
+        if self.world.restarts and not cfg.resume:  # torchrun restarted the workers: carry on from where they were
+            found = bool(cfg.out) and latest_checkpoint(Path(cfg.out) / "checkpoints") is not None
+            cfg.resume, cfg.overwrite = found, not found
+            log.warning("torchrun restarted the workers (restart %d): %s", self.world.restarts,
+                        "resuming from the last checkpoint" if found else "no checkpoint yet, starting again")
         if cfg.resume:
             cfg = self._open_resume()
-        self.device = pick_device(cfg.device)
-        self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict,
-                                  max_decoded_bytes=cfg.max_decoded_bytes)
-        if cfg.resume:
-            require(self.images.fingerprint == self.checkpoint["fingerprint"],
-                    f"--resume: {cfg.data} changed since the run started, so its split (and test images) would "
-                    "change; restore the data or start a new run", BadInput)
-        else:
-            cfg.out = cfg.out or str(run_dir.default_out(self.images.name))
-            run_dir.check_out(Path(cfg.out), cfg.data, cfg.overwrite)
+        self.device = pick_device(distributed.device_request(self.world, cfg.device))
+        self.owns_group = self.world.distributed and not torch.distributed.is_initialized()
+        distributed.start(self.world, self.device)
+        self._load_data()
+        if not cfg.resume:
+            cfg.out = distributed.broadcast(cfg.out or str(run_dir.default_out(self.images.name)), self.device)
+            if self.world.main:
+                run_dir.check_out(Path(cfg.out), cfg.data, cfg.overwrite)
         self.out = Path(cfg.out)
         self.split = make_split(self.images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         self._build_model()
-        train_bytes = len(self.split.train) * self.images.images[:1].nbytes
-        self.acceleration = resolve_acceleration(self.device, model=self.architecture["name"], data_bytes=train_bytes,
-                                                 **{k: getattr(cfg, k) for k in ACCELERATION_SETTINGS})
+        train_bytes = len(self.split.train) * self.images.images[:1].nbytes // self.world.size
+        resident = parse_bytes(cfg.max_decoded_bytes, "--max-decoded-bytes") if cfg.max_decoded_bytes else \
+            env_bytes("GPUVISION_MAX_DECODED_BYTES")
+        resolved = resolve_acceleration(self.device, model=self.architecture["name"], data_bytes=train_bytes,
+                                        resident_bytes=resident, **{k: getattr(cfg, k) for k in ACCELERATION_SETTINGS})
+        self.acceleration = Acceleration(**distributed.broadcast(resolved.to_json(), self.device))
         self.precision, self.compiled = self.acceleration.precision, self.acceleration.compile
         self.model.to(self.device, memory_format=self.acceleration.memory_format)
-        self._build_loaders()
+        loaders = build_loaders(self.images, self.split, self.recipe, self.image_side, self.acceleration, self.device,
+                                self.world, cfg.seed)
+        self.train_loader, self.val_loader, self.spec = loaders.train, loaders.val, loaders.spec
+        self.stats_sample, self.generator = loaders.stats_sample, loaders.generator
+        self.streaming = self.acceleration.loader == "stream"
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = math.ceil(self.recipe.settings.epochs * self.steps_per_epoch)
         spec = model_spec(self.architecture["name"])
         if spec.data_init and not cfg.pretrained:  # given weights are kept as they are
             sample = torch.from_numpy(self.images.images[self.stats_sample[:DATA_INIT_IMAGES]]).to(self.device)
             spec.data_init(self.model, self.train_loader.normalise(sample))
-        self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec)
+        self.synced_norms = self._sync_norms()
+        self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec,
+                                           world_size=self.world.size, accumulate=cfg.grad_accum,
+                                           synced_norms=self.synced_norms)
         self.optimizer, self.scaler = self.train_step.optimizer, self.train_step.scaler
-        self.step, self.epoch, self.history = 0, 0, []
+        self.cadence = Cadence.parse(cfg.checkpoint_every)
+        self.step, self.epoch, self.history, self.in_epoch = 0, 0, [], None
         self.best = self._best_epoch()
         if cfg.resume:
             self._restore(self.checkpoint)
-        else:
+        elif self.world.main:
             self.lock = run_dir.RunLock(self.out)
             self.lock.acquire()
             run_dir.check_out(self.out, cfg.data, cfg.overwrite)  # again: another run may have finished meanwhile
             run_dir.start(self.out)
             save_split(self.out / SPLIT_FILE, self.images, self.split, cfg.seed)
+        distributed.barrier()  # no process starts before rank 0 has made the run directory
         s = self.recipe.settings
         self.emit("setup", device=str(self.device), precision=self.precision, model=self.architecture["name"],
-                  acceleration=self.acceleration.to_json(),
+                  acceleration=self.acceleration.to_json(), world_size=self.world.size,
                   recipe=self.recipe.name, compiled=self.compiled, streaming=self.streaming,
                   params=count_params(self.model), split=self.split.sizes(), epochs=s.epochs,
                   batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped),
                   val_source=self.split.val_source, test_source=self.split.test_source)
+
+    def _load_data(self) -> None:
+        """Decode (or read the cache): rank 0 first, so the others read what it cached instead of decoding too."""
+        cfg = self.config
+        for turn in (True, False):
+            if self.world.main == turn:
+                self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict,
+                                          max_decoded_bytes=cfg.max_decoded_bytes)
+            if turn:
+                distributed.barrier()
+        if cfg.resume:
+            require(self.images.fingerprint == self.checkpoint["fingerprint"],
+                    f"--resume: {cfg.data} changed since the run started, so its split (and test images) would "
+                    "change; restore the data or start a new run", BadInput)
 
     def _best_epoch(self) -> BestEpoch | None:
         """What keeps the best epoch's weights (--keep-best, --early-stop), or None."""
@@ -147,14 +187,26 @@ class Trainer:
         require(cfg.eval_every > 0, f"{flag} compares validation passes: give --eval-every 1 (or more)", BadInput)
         return BestEpoch("val_accuracy", cfg.early_stop)
 
+    def _sync_norms(self) -> bool:
+        """Batch norm over the global batch (--sync-bn), where a process's share of a batch is small."""
+        cfg, world = self.config, self.world
+        share = self.recipe.settings.batch_size / world.size / cfg.grad_accum
+        require(share >= 1, f"a batch of {self.recipe.settings.batch_size} cannot be split into {world.size} "
+                f"processes x {cfg.grad_accum} micro-batches; raise --batch-size", BadInput)
+        synced = world.distributed and (cfg.sync_bn == "on" or (cfg.sync_bn == "auto" and share < SYNC_BN_BELOW))
+        if synced:
+            distributed.sync_batch_norm(self.model)
+        return synced
+
     def _open_resume(self) -> TrainConfig:
-        """Lock the run directory, read its last checkpoint and take the run's own settings from it."""
+        """Lock the run directory (rank 0), read its last checkpoint and take the run's own settings from it."""
         require(self.config.out, "--resume needs --out DIR: the run directory to continue", BadInput)
         out = Path(self.config.out)
         require(out.is_dir() and latest_checkpoint(out / "checkpoints") is not None,
                 f"--resume: nothing to resume in {out} (no checkpoint); drop --resume to start", BadInput)
-        self.lock = run_dir.RunLock(out)
-        self.lock.acquire()
+        if self.world.main:
+            self.lock = run_dir.RunLock(out)
+            self.lock.acquire()
         self.checkpoint = load_checkpoint(latest_checkpoint(out / "checkpoints"))
         self.config = run_dir.resumed_config(self.config, self.checkpoint["config"])
         return self.config
@@ -182,92 +234,106 @@ class Trainer:
         if cfg.pretrained:
             load_pretrained(self.model, cfg.pretrained)
 
-    def _build_loaders(self) -> None:
-        """The decoded set goes to the device once (or streams from host memory); the input normalisation comes
-        from a seeded draw of training images in proportion to the classes (a class-sorted source would otherwise
-        give the first class's statistics)."""
-        cfg, batch_size = self.config, self.recipe.settings.batch_size
-        images, labels = torch.from_numpy(self.images.images), torch.from_numpy(self.images.labels)
-        train_idx, val_idx = torch.from_numpy(self.split.train), torch.from_numpy(self.split.val)
-        self.stats_sample = stratified_sample(self.images.labels, self.split.train, STATS_IMAGES, cfg.seed)
-        self.spec = InputSpec.from_images(images[torch.from_numpy(self.stats_sample)])
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        augment = self.recipe.augment(self.image_side)
-        layout = {"channels_last": self.acceleration.channels_last}
-        drop_last = self.recipe.settings.drop_last
-        self.streaming = self.acceleration.loader == "stream"
-        if self.streaming:
-            self.train_loader = StreamingLoader(images[train_idx], labels[train_idx], batch_size, self.spec,
-                                                self.device, augment, self.generator, drop_last=drop_last, **layout)
-            self.val_loader = StreamingLoader(images[val_idx], labels[val_idx], 1000, self.spec, self.device,
-                                              **layout)
-            return
-        images, labels = images.to(self.device), labels.to(self.device)
-        train_idx, val_idx = train_idx.to(self.device), val_idx.to(self.device)
-        self.train_loader = DeviceLoader(images[train_idx], labels[train_idx], batch_size, self.spec, augment,
-                                         self.generator, drop_last=drop_last, **layout)
-        self.val_loader = DeviceLoader(images[val_idx], labels[val_idx], 1000, self.spec, **layout)
-
     # --------------------------------------------------------------------------------------------- train
     def train(self) -> None:
         cfg, recipe, model = self.config, self.recipe, self.model
         model.train()
+        self.saved_at = time.monotonic()
         while self.step < self.total_steps:
             record = self._train_epoch()
             last = self.step >= self.total_steps
-            if len(self.val_loader.labels) and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
+            if self.split.val.size and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
                 record["val_loss"], record["val_accuracy"] = self.validate()
                 self._require_finite(record["val_loss"], "the validation loss")
             stop = self.best is not None and self.best.observe(record, model, recipe)
             self.history.append(record)
-            with open(self.out / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if self.world.main:
+                with open(self.out / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             self.emit("epoch_end", **record, total_steps=self.total_steps)
             if stop:
                 self.emit("early_stop", epoch=self.epoch, best_epoch=self.best.epoch, metric=self.best.metric,
                           value=self.best.value)
                 break
-            if cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0 and not last:
+            if self.cadence.at_epoch_end(self.epoch) and not last:
                 self.save_checkpoint()
         if self.best is not None:
             self.best.restore(model, recipe)
         recipe.finish(model)
-        self._require_finite(float(sum(p.float().abs().sum() for p in model.state_dict().values()
-                                       if p.is_floating_point())), "the final weights")
+        self._require_finite(self._weights_sum(), "the final weights")
 
     def _train_epoch(self) -> dict:
-        """One epoch of steps; its record (loss, accuracy, lr, speed), read from the device once at its end."""
-        recipe, model = self.recipe, self.model
+        """One epoch of steps (the rest of one, after a mid-epoch checkpoint); its record (loss, accuracy, lr,
+        speed) summed over the processes and read from the device once at its end."""
+        recipe, model, loader = self.recipe, self.model, self.train_loader
+        resumed = self.in_epoch or {"steps": 0}
+        self.in_epoch, self.epoch_start = None, {k: v.clone() for k, v in loader.state().items()}
         recipe.on_epoch(model, self.epoch, recipe.settings.epochs)
-        steps_this_epoch = min(self.steps_per_epoch, self.total_steps - self.step)
+        steps_this_epoch = min(self.steps_per_epoch, self.total_steps - self.step + resumed["steps"])
         self.emit("epoch_start", epoch=self.epoch, steps=steps_this_epoch, total_steps=self.total_steps,
-                  done_steps=self.step)
+                  done_steps=self.step - resumed["steps"])
         log_every = max(1, steps_this_epoch // LOGS_PER_EPOCH)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, started = 0, time.perf_counter()
-        waited = getattr(self.train_loader, "wait_seconds", 0.0)
-        for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
+        loss_sum = torch.tensor(float(resumed.get("loss_sum", 0.0)), device=self.device)
+        correct = torch.tensor(int(resumed.get("correct", 0)), device=self.device)
+        seen, nonfinite_before = int(resumed.get("seen", 0)), int(self.train_step.nonfinite)
+        counted = torch.tensor(float(seen), device=self.device)  # images of the steps that were not skipped
+        started = time.perf_counter() - float(resumed.get("seconds", 0.0))
+        waited = getattr(loader, "wait_seconds", 0.0)
+        for i, (x, y) in enumerate(loader.epoch(self.epoch, skip=resumed["steps"]), start=resumed["steps"]):
             if self.step >= self.total_steps:
                 break
-            loss, logits = self.train_step(x, y, self.step, self.total_steps)
+            loss, logits = self.train_step(x, y, self.step, self.total_steps, loader.global_size(i))
             self.step += 1
-            loss_sum += loss.detach().float() * (1 if recipe.loss_reduction == "sum" else len(y))
-            correct += (logits.detach().argmax(1) == y).sum()
+            finite = torch.isfinite(loss.detach())  # a skipped step's loss is left out of the epoch's figures
+            images = 1 if recipe.loss_reduction == "sum" else len(y)  # the loss as a sum over the step's images
+            loss_sum += torch.where(finite, loss.detach().float(), 0) * images
+            correct += (logits.detach().argmax(1) == y).sum() * finite
+            counted += finite * len(y)
             seen += len(y)
             if self.listening:
-                self.emit("step", epoch=self.epoch, step=i + 1, images=seen, seconds=time.perf_counter() - started)
+                self.emit("step", epoch=self.epoch, step=i + 1, images=seen * self.world.size,
+                          seconds=time.perf_counter() - started)
                 if (i + 1) % log_every == 0:  # a logging point: one sync
-                    self.emit("log", loss=loss_sum.item() / seen, accuracy=correct.item() / seen)
+                    counts = max(counted.item(), 1)
+                    self.emit("log", loss=loss_sum.item() / counts, accuracy=correct.item() / counts)
+            if self.cadence.within_epoch(self.step, self.saved_at) and self.step < self.total_steps:
+                self.save_checkpoint(in_epoch={"steps": i + 1, **self._partial(loss_sum, correct, seen, started)})
         self.epoch += 1
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum.item() / seen,
-                  "train_accuracy": correct.item() / seen, "lr": self.optimizer.param_groups[-1]["lr"],
+        loss_sum, correct, counted, images = distributed.all_sum(
+            loss_sum, correct.double(), counted, torch.tensor(float(seen), device=self.device))
+        counts = max(float(counted), 1.0)
+        record = {"epoch": self.epoch, "step": self.step, "train_loss": float(loss_sum) / counts,
+                  "train_accuracy": float(correct) / counts, "lr": self.optimizer.param_groups[-1]["lr"],
                   "seconds": time.perf_counter() - started}
+        record["images_per_s"] = float(images) / record["seconds"]
+        record["nonfinite_steps"] = int(self.train_step.nonfinite) - nonfinite_before
+        if record["nonfinite_steps"]:
+            self._check_nonfinite()
         self._require_finite(record["train_loss"], "the training loss")
-        record["images_per_s"] = seen / record["seconds"]
         if self.streaming:
-            record["data_wait_share"] = (self.train_loader.wait_seconds - waited) / record["seconds"]
+            record["data_wait_share"] = (loader.wait_seconds - waited) / record["seconds"]
         return record
+
+    def _partial(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, started: float) -> dict:
+        """An epoch's figures so far, for a mid-epoch checkpoint; one process's alone say nothing of the others'
+        (and a resumed run may have another number of processes), so on several they start again after resuming."""
+        if self.world.distributed:
+            return {}
+        return {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen,
+                "seconds": time.perf_counter() - started}
+
+    def _check_nonfinite(self) -> None:
+        count = int(self.train_step.nonfinite)
+        log.warning("%d training step(s) so far had gradients that are not finite and were skipped", count)
+        if count > self.config.max_nonfinite:
+            last = latest_checkpoint(self.out / "checkpoints")
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved"
+            raise UserError(f"training diverged at epoch {self.epoch}: {count} steps had non-finite gradients and were "
+                            f"skipped (more than --max-nonfinite {self.config.max_nonfinite}); lower --lr, or use fp32 "
+                            f"({kept})")
+
+    def _weights_sum(self) -> float:
+        return float(sum(p.float().abs().sum() for p in self.model.state_dict().values() if p.is_floating_point()))
 
     def _require_finite(self, value: float, what: str) -> None:
         if not math.isfinite(value):
@@ -278,7 +344,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Loss and accuracy on the validation split (no TTA), leaving the model in training mode."""
+        """Loss and accuracy on the validation split (no TTA, every process its block, summed), leaving the model
+        in training mode."""
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         loss = torch.zeros((), device=self.device)
@@ -288,21 +355,28 @@ class Trainer:
                 loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
         self.model.train()
-        n = len(self.val_loader.labels)
-        return loss.item() / n, correct.item() / n
+        loss, correct = distributed.all_sum(loss.double(), correct.double())
+        n = len(self.split.val)
+        return float(loss) / n, float(correct) / n
 
     # --------------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, in_epoch: dict | None = None) -> Path | None:
+        """Rank 0 writes the run's state: at an epoch's end, or `in_epoch` (steps done and figures so far) within
+        one, with the loader's state at that epoch's start so a resumed run replays the rest of it exactly."""
+        self.saved_at = time.monotonic()
+        if not self.world.main:
+            return None
+        self._require_finite(self._weights_sum(), "the weights")  # a checkpoint is always a good one
         state = {
             "config": asdict(self.config), "fingerprint": self.images.fingerprint, "epoch": self.epoch,
             "step": self.step, "history": self.history, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "recipe": self.recipe.state_tensors(),
-            "rng": {"loader": self.train_loader.state()},
+            "rng": {"loader": self.epoch_start if in_epoch else self.train_loader.state()}, "in_epoch": in_epoch,
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "best": self.best.state() if self.best else None,
+            "best": self.best.state() if self.best else None, "world_size": self.world.size,
         }
-        path = save_checkpoint(self.out / "checkpoints", self.epoch, state)
-        self.emit("checkpoint", path=str(path), epoch=self.epoch)
+        path = save_checkpoint(self.out / "checkpoints", self.epoch, self.step, state)
+        self.emit("checkpoint", path=str(path), epoch=self.epoch, step=self.step)
         return path
 
     def _restore(self, state: dict) -> None:
@@ -316,23 +390,33 @@ class Trainer:
             if self.best and state.get("best"):
                 self.best.load_state(state["best"])
             self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+            self.in_epoch = state.get("in_epoch")
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"--resume: the checkpoint in {self.out} does not fit this run ({type(e).__name__}); "
                             "start again with --overwrite") from e
-        # metrics.jsonl keeps exactly the epochs the checkpoint has seen
-        lines = [json.dumps(r) + "\n" for r in self.history]
-        atomic_write(self.out / METRICS_FILE, lambda p: Path(p).write_text("".join(lines)))
+        if self.world.main:  # metrics.jsonl keeps exactly the epochs the checkpoint has seen
+            lines = [json.dumps(r) + "\n" for r in self.history]
+            atomic_write(self.out / METRICS_FILE, lambda p: Path(p).write_text("".join(lines)))
 
     # --------------------------------------------------------------------------------------------- model directory
     def reference(self) -> dict:
-        """The test-split figures serving compares production with: accuracy (no TTA), confidence, brightness."""
+        """The test-split figures serving compares production with: accuracy (no TTA), confidence, brightness;
+        every process scores its block of the test split, rank 0 computes the figures from all of them."""
         runtime = EagerRuntime(self.model, self.spec, self.images.classes, 0, self.device, self.precision)
+        block = Shard.of(len(self.split.test), self.world.rank, self.world.size)
+        mine = self.split.test[block.start : block.stop]
+        logits = distributed.all_rows(runtime.logits(self.images.images[mine]).to(self.device)).cpu()
         pixels, labels = self.images.images[self.split.test], self.images.labels[self.split.test]
-        return reference_figures(runtime.logits(pixels), labels, pixels)
+        return reference_figures(logits, labels, pixels) if self.world.main else {}
 
     def save_model(self) -> Manifest:
-        """Write the weights, then manifest.json (last, vouching for every file), then drop the checkpoints."""
+        """Write the weights, then manifest.json (last, vouching for every file), then drop the checkpoints (rank 0;
+        the other processes wait for it and read what it wrote)."""
         cfg = self.config
+        reference = self.reference()  # every process takes part
+        if not self.world.main:
+            distributed.barrier()
+            return Manifest.from_dict(json.loads((self.out / MANIFEST).read_text()))
         weights = WEIGHT_FILES["safetensors"]
         save_weights(self.out / weights, self.model)
         final = self.history[-1] if self.history else {}
@@ -346,8 +430,9 @@ class Trainer:
                               sizes=self.split.sizes(), skipped=len(self.images.skipped),
                               val_source=self.split.val_source, test_source=self.split.test_source),
             inference=Inference("eager", self.precision),
-            training=Training(str(self.device), self.precision, 1, self.compiled, self.acceleration.to_json()),
-            tta_level=self.recipe.settings.tta_level, reference=self.reference(), seed=cfg.seed,
+            training=Training(str(self.device), self.precision, self.world.size, self.compiled,
+                              self.acceleration.to_json()),
+            tta_level=self.recipe.settings.tta_level, reference=reference, seed=cfg.seed,
             settings=asdict(cfg), recipe=self.recipe.describe(), params=count_params(self.model),
             metrics={k: final[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                                            "selected_by") if k in final},
@@ -364,16 +449,19 @@ class Trainer:
 
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         run_dir.finish(self.out)
+        distributed.barrier()
         return manifest
 
     def cleanup(self) -> None:
-        """Release the run directory's lock and the device memory the run held."""
+        """Release the run directory's lock, the device memory the run held and the process group it joined."""
         if self.lock:
             self.lock.release()
         for name in ("train_loader", "val_loader", "optimizer", "train_step"):
             self.__dict__.pop(name, None)
         if getattr(self, "device", None) is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
+        if self.owns_group:
+            distributed.stop()
 
     def run(self) -> TrainResult:
         started = time.perf_counter()

@@ -138,3 +138,52 @@ def test_progressive_resizing_scales_the_first_epochs_down():
     assert sides == [8, 12, 16]
     x, y = next(loader.epoch(0))
     assert torch.equal(x[:, 0, 0, 0].round().long() % 7, y)  # a uniform image stays itself when scaled
+
+
+def _patterned(n=103, size=8):
+    """Channel 0 holds the image's index everywhere; channels 1 and 2 its row and column: shifts and flips show."""
+    ids = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, size, size)
+    rows = torch.arange(size, dtype=torch.uint8).view(1, 1, size, 1).expand(n, 1, size, size)
+    return torch.cat([ids, 10 * rows, 20 * rows.transpose(2, 3)], 1).contiguous(), torch.arange(n) % 7
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_shards_split_each_global_batch_and_keep_its_augmentation(world, streaming):
+    """N processes see exactly one process's global batches, each image augmented alike, each touching its block."""
+    from gpuvision.data.loader import Shard, StreamingLoader
+
+    images, labels = _patterned()
+    aug = Augment(translate=2, cutout=3)
+
+    def loader(shard):
+        block = slice(shard.start, shard.stop)
+        common = dict(augment=aug, generator=torch.Generator().manual_seed(4), drop_last=False, shard=shard)
+        if streaming:
+            return StreamingLoader(images, labels[block], 16, IDENTITY, torch.device("cpu"),
+                                   rows=torch.arange(shard.start, shard.stop), **common)
+        return DeviceLoader(images[block], labels[block], 16, IDENTITY, **common)
+
+    whole = loader(Shard.of(103))
+    parts = [loader(Shard.of(103, r, world)) for r in range(world)]
+    assert all(len(p) == len(whole) == 7 for p in parts)
+    for epoch in range(2):
+        for step, (one, *shards) in enumerate(zip(*[p.epoch(epoch) for p in [whole, *parts]])):
+            ids = [b[0][:, 0].amax((1, 2)).round().long() for b in shards]  # a cutout never covers all pixels
+            for r, i in enumerate(ids):  # each process only its block
+                block = Shard.of(103, r, world)
+                assert bool(((i >= block.start) & (i < block.stop)).all())
+            merged = torch.cat([b[0] for b in shards])
+            order = torch.cat(ids).argsort()
+            reference = one[0][one[0][:, 0].amax((1, 2)).round().long().argsort()]
+            assert torch.equal(merged[order], reference)  # same images, same flips, shifts and cutouts
+            assert sum(len(i) for i in ids) == whole.global_size(step)
+
+
+def test_skipping_batches_replays_the_rest_of_the_epoch():
+    images, labels = _ids()
+    a = DeviceLoader(images, labels, 16, IDENTITY, Augment(cutout=2), torch.Generator().manual_seed(9))
+    b = DeviceLoader(images, labels, 16, IDENTITY, Augment(cutout=2), torch.Generator().manual_seed(9))
+    full = [x for x, _ in a.epoch(1)]
+    rest = [x for x, _ in b.epoch(1, skip=3)]
+    assert len(rest) == len(full) - 3 and all(torch.equal(p, q) for p, q in zip(full[3:], rest))

@@ -67,5 +67,23 @@ def test_the_phase_timer_splits_a_step_into_forward_backward_and_optimizer():
     timer = PhaseTimer(CPU)
     timer.start()
     for i in range(2):
-        step(x, y, i, 10, timer)
+        step(x, y, i, 10, timer=timer)
     assert set(timer.seconds) == {"forward", "backward", "optimizer"} and all(v > 0 for v in timer.seconds.values())
+
+
+@pytest.mark.parametrize("kernel", ["fused", "foreach"])
+def test_a_step_with_non_finite_gradients_is_skipped_on_the_device_and_counted(kernel):
+    step, x, y = make_step(optimizer_kernel=kernel)
+    before = {k: v.clone() for k, v in step.model.state_dict().items()}
+    bad = x.clone()
+    bad[0] = float("nan")
+    step(bad, y, 0, 10)
+    assert int(step.nonfinite) == 1
+    after = step.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    norms = [k for k in before if "running" in k]
+    assert norms and all(after[k].equal(before[k]) for k in norms)  # the NaN batch left no statistics behind
+    if kernel == "fused":  # a fused kernel skips the whole update; others zero its gradients (weight decay runs)
+        assert all(after[k].equal(before[k]) for k in before)
+    step(x, y, 1, 10)
+    assert int(step.nonfinite) == 1 and not all(after[k].equal(before[k]) for k in before)
