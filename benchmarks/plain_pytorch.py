@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from gpuvision.data.augment import resize
-from gpuvision.device import synchronize
+from gpuvision.device import acceleration, synchronize
 from gpuvision.models import create_model, model_spec
 from gpuvision.runtime import tta_logits
 from gpuvision.train.recipes import create_recipe
+from gpuvision.train.step import TrainStep
 
 # CIFAR-10's per-channel mean and std (of the official training set), the usual constants for Normalize.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -49,10 +50,10 @@ def _loaders(tree: Path, batch_size: int, seed: int, drop_last: bool):
 
 
 def _train(model, recipe, loader, device, total_steps: int, epochs: float) -> int:
-    """The recipe's loop over the DataLoader; returns the steps taken (bounded by total_steps)."""
-    optimizer = recipe.optimizer(model, device, model_spec("fastnet"))
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
+    """The recipe's loop over the DataLoader, through gpuvision's one training step (eager fp32, NCHW, as a plain
+    loop runs); returns the steps taken (bounded by total_steps)."""
+    accel = acceleration.resolve(device, precision="fp32", channels_last="off", compile="off")
+    train_step = TrainStep.create(model, recipe, device, accel, model_spec("fastnet"))
     step = 0
     augment = recipe.augment(32)  # for its progressive resizing, applied as the DeviceLoader applies it
     for epoch in range(math.ceil(epochs)):
@@ -61,16 +62,8 @@ def _train(model, recipe, loader, device, total_steps: int, epochs: float) -> in
             if step >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
-            x = resize(x, augment.side(epoch, 32))
-            factor = recipe.lr_factor(step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            loss = recipe.loss(model(x).float(), y, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(resize(x, augment.side(epoch, 32)), y, step, total_steps)
             step += 1
-            recipe.after_step(model, step, total_steps)
     recipe.finish(model)
     return step
 
@@ -102,7 +95,6 @@ def run_plain(tree: Path, device: str, seed: int = 0, epochs: float | None = Non
     train, sample, test, classes = _loaders(tree, settings.batch_size, seed, settings.drop_last)
     model = create_model("fastnet", num_classes=len(classes), in_channels=3, image_size=32).to(dev)
     model_spec("fastnet").data_init(model, torch.cat([x for x, _ in sample]).to(dev))
-    recipe.prepare(model)
     setup_s = time.perf_counter() - started
 
     total_steps = math.ceil(settings.epochs * len(train))

@@ -17,19 +17,21 @@ ARGS = ["--data", "digits", "--device", "cpu", "--precision", "fp32", "--epochs"
         "--seed", "3"]
 
 
-def train(*extra):
-    return subprocess.Popen([sys.executable, "-m", "gpuvision", "train", *ARGS, *map(str, extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def train(out, *extra):
+    config = out.parent / "narrow.json"  # a narrow net: the test is about resuming, not about learning
+    config.write_text(json.dumps({"model_args": {"widths": [16, 32, 32]}}))
+    return subprocess.Popen([sys.executable, "-m", "gpuvision", "train", *ARGS, "--config", str(config), "--out",
+                             str(out), *map(str, extra)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("cadence, killed_after", [("1", "epoch-0003-*"),
                                                    ("7st", "epoch-0001-step-000000035")])
 def test_killed_run_resumes_bitwise(tmp_path, cadence, killed_after):
     """digits trains 20 steps an epoch: "7st" checkpoints within epochs (step 35: the 15th of epoch 2)."""
-    whole = train("--out", tmp_path / "whole", "--checkpoint-every", cadence)
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    whole = train(tmp_path / "whole", "--checkpoint-every", cadence)
+    assert whole.wait(timeout=900) == 0, whole.stderr.read()
 
-    killed = train("--out", tmp_path / "killed", "--checkpoint-every", cadence)
+    killed = train(tmp_path / "killed", "--checkpoint-every", cadence)
     deadline = time.monotonic() + 600
     while not list((tmp_path / "killed" / "checkpoints").glob(f"{killed_after}/state.json")):
         assert killed.poll() is None, "the run ended before it could be killed"
@@ -39,8 +41,8 @@ def test_killed_run_resumes_bitwise(tmp_path, cadence, killed_after):
     killed.wait(timeout=60)
     assert not (tmp_path / "killed" / "manifest.json").exists()
 
-    resumed = train("--out", tmp_path / "killed", "--resume")
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    resumed = train(tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=900) == 0, resumed.stderr.read()
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a)

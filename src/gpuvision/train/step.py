@@ -104,7 +104,7 @@ class TrainStep:
         reduction (a mean over them, or their sum), and their logits; both on the device."""
         factor = self.recipe.lr_factor(step, total)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+            group["lr"] = group["initial_lr"] * factor * self.recipe.group_factor(group, step, total)
         if self.perturb is not None:
             x = self.perturb(self.forward, x, y)
         global_size = global_size or len(y)

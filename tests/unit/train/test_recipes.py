@@ -41,7 +41,7 @@ def test_sgd_gives_the_whitening_bias_the_base_rate_in_a_group_of_its_own():
     optimizer = recipe.optimizer(net, CPU, model_spec("fastnet"))
     assert isinstance(optimizer, torch.optim.SGD)
     whiten = [g for g in optimizer.param_groups if any(p is net.whiten.bias for p in g["params"])]
-    assert len(whiten) == 1 and len(whiten[0]["params"]) == 1 and whiten[0] is recipe.whiten_group
+    assert len(whiten) == 1 and len(whiten[0]["params"]) == 1 and whiten[0]["role"] == "early"
     others = next(g for g in optimizer.param_groups if any(p is net.head.weight for p in g["params"]))
     assert whiten[0]["lr"] == others["lr"]  # airbench94's rate for it: the base one, not the 64x of the BN biases
 
@@ -59,7 +59,7 @@ def test_whitening_bias_freezes_by_a_zero_learning_rate(optimizer):
     total, history = 6, []
     for step in range(total):
         for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * recipe.lr_factor(step, total)
+            group["lr"] = group["initial_lr"] * recipe.lr_factor(step, total) * recipe.group_factor(group, step, total)
         loss = recipe.loss(net(x), y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()

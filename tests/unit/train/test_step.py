@@ -87,3 +87,26 @@ def test_a_step_with_non_finite_gradients_is_skipped_on_the_device_and_counted(k
         assert all(after[k].equal(before[k]) for k in before)
     step(x, y, 1, 10)
     assert int(step.nonfinite) == 1 and not all(after[k].equal(before[k]) for k in before)
+
+
+def test_gradient_accumulation_takes_the_step_of_the_whole_batch():
+    """Without batch norm (whose statistics are per micro-batch), K micro-batches give one big batch's update."""
+    from gpuvision.models import ModelSpec
+
+    def linear_step(accumulate):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+        recipe = create_recipe("standard", batch_size=32, epochs=1.0)
+        recipe.resolve(256, 16)
+        accel = acceleration.resolve(CPU, precision="fp32")
+        return TrainStep.create(net, recipe, CPU, accel, ModelSpec(build=lambda **k: net), accumulate=accumulate)
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g)
+    one, four = linear_step(1), linear_step(4)
+    for i in range(3):
+        a, _ = one(x, y, i, 10)
+        b, _ = four(x, y, i, 10)
+        assert abs(a.item() - b.item()) < 1e-5
+    for p, q in zip(one.model.parameters(), four.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)

@@ -79,6 +79,11 @@ class Recipe:
     def lr_factor(self, step: int, total: int) -> float:
         return 1.0
 
+    def group_factor(self, group: dict, step: int, total: int) -> float:
+        """A parameter group's own factor on top of lr_factor (e.g. a group that trains only early); groups are
+        told apart by keys the recipe put in them, which checkpoints keep."""
+        return 1.0
+
     def on_epoch(self, model: nn.Module, epoch: int, epochs: float) -> None:
         pass
 

@@ -59,6 +59,9 @@ class DistillRecipe(Recipe):
     def lr_factor(self, step: int, total: int) -> float:
         return self.base.lr_factor(step, total)
 
+    def group_factor(self, group: dict, step: int, total: int) -> float:
+        return self.base.group_factor(group, step, total)
+
     def on_epoch(self, model: nn.Module, epoch: int, epochs: float) -> None:
         self.base.on_epoch(model, epoch, epochs)
 

@@ -93,7 +93,6 @@ class FastRecipe(Recipe):
         self.settings = FastSettings()
         super().__init__(**overrides)
         self.average: WeightAverage | None = None
-        self.whiten_group: dict | None = None
 
     def resolve(self, n_train: int, image_size: int, fine_tune: bool = False) -> None:
         s, given_epochs = self.settings, self.settings.epochs
@@ -135,15 +134,14 @@ class FastRecipe(Recipe):
         biases, others = norm_and_bias_params(model)
         biases = [p for p in biases if all(p is not q for q in early)]
 
-        def group(params, scaler):
-            return dict(params=params, lr=lr * scaler, weight_decay=wd / (lr * scaler))
+        def group(params, scaler, **tags):
+            return dict(params=params, lr=lr * scaler, weight_decay=wd / (lr * scaler), **tags)
 
-        groups = [group(biases, s.bias_scaler), group(others, 1.0)] + ([group(early, s.whiten_bias_scaler)] if early
-                                                                       else [])
-        optimizer = sgd_or_muon(s, groups, device, kernel, momentum=s.momentum)
-        # Its own group, so a zero learning rate can freeze it later (toggling requires_grad would recompile).
-        self.whiten_group = next((g for g in optimizer.param_groups if early and g["params"][0] is early[0]), None)
-        return optimizer
+        # The early parameters have a group of their own, so a zero learning rate can freeze them later (toggling
+        # requires_grad would recompile); its tag survives a checkpoint, where a reference to the dict would not.
+        groups = [group(biases, s.bias_scaler), group(others, 1.0)] + (
+            [group(early, s.whiten_bias_scaler, role="early")] if early else [])
+        return sgd_or_muon(s, groups, device, kernel, momentum=s.momentum)
 
     # ------------------------------------------------------------------------------------- schedule
     def lr_factor(self, step: int, total: int) -> float:
@@ -152,11 +150,14 @@ class FastRecipe(Recipe):
             return s.lr_start + (1 - s.lr_start) * step / peak
         return 1 + (s.lr_end - 1) * (step - peak) / max(total - peak, 1)
 
+    def group_factor(self, group: dict, step: int, total: int) -> float:
+        """The whitening layer's bias trains for the first whiten_bias_fraction of the steps only."""
+        early = group.get("role") == "early"
+        return 0.0 if early and step >= math.ceil(self.settings.whiten_bias_fraction * total) else 1.0
+
     # ------------------------------------------------------------------------------------- Lookahead
     def after_step(self, model: nn.Module, step: int, total: int) -> None:
         s = self.settings
-        if self.whiten_group is not None and step >= math.ceil(s.whiten_bias_fraction * total):
-            self.whiten_group["initial_lr"] = 0.0  # the Trainer sets lr = initial_lr * schedule before each step
         if self.average and (step % s.lookahead_every == 0 or step == total):
             # The pull toward the average grows from none to strong (0.95^5 per update at the end, then full).
             decay = 1.0 if step == total else 0.95**5 * (step / total) ** 3
