@@ -161,7 +161,9 @@ def _workload(images: ImageSet, model: str, scale: Scale) -> Workload:
     train = np.flatnonzero(~images.given_test)
     picked = stratified_sample(images.labels, train, scale.train_images, 0) if scale.train_images else train
     pixels, labels = torch.from_numpy(images.images[picked]), torch.from_numpy(images.labels[picked])
-    spec = InputSpec.from_images(pixels[:STATS_IMAGES])
+    # a sample in proportion to the classes, as the Trainer takes (a class-sorted source's first images are one class)
+    sample = torch.from_numpy(images.images[stratified_sample(images.labels, picked, STATS_IMAGES, 0)])
+    spec = InputSpec.from_images(sample)
     side = max(spec.size)
     name = default_model(side) if model == "auto" else model
     args = {"num_classes": len(images.classes), "in_channels": spec.channels, "image_size": side}
@@ -170,7 +172,7 @@ def _workload(images: ImageSet, model: str, scale: Scale) -> Workload:
         net = create_model(name, **args)
     hooks = model_spec(name)
     if hooks.data_init:
-        hooks.data_init(net, normalise(pixels[:DATA_INIT_IMAGES], spec))
+        hooks.data_init(net, normalise(sample[:DATA_INIT_IMAGES], spec))
     recipe = create_recipe(default_recipe(name), batch_size=scale.batch_size)
     recipe.resolve(len(train), side)
     flops = flops_of(net.eval(), normalise(pixels[:1], spec))

@@ -44,9 +44,9 @@ class Models:
             return int8.read_bytes()
 
     def inputs(self, n: int) -> torch.Tensor:
-        """n normalised training images (repeated where the set is smaller), fp32 NCHW on the host."""
-        pixels = self.work.images[np.arange(n) % len(self.work.images)]
-        return normalise(pixels, self.work.spec)
+        """n normalised training images, a seeded draw (repeated where the set is smaller), fp32 NCHW on the host."""
+        order = torch.randperm(len(self.work.images), generator=torch.Generator().manual_seed(0))
+        return normalise(self.work.images[order[torch.arange(n) % len(order)]], self.work.spec)
 
 
 def rows(device: torch.device) -> list[tuple[str, str, str, str | None]]:
