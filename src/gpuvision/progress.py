@@ -161,7 +161,7 @@ class BenchProgress:
         self.console.print(text, highlight=False)
 
     def _tick(self) -> None:
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(min(1.0, self.every / 4)):
             row = self.row
             if not self.tty and row and time.monotonic() - self.last_line >= self.every:
                 self._line(f"bench: still measuring {row[0]} ({_duration(time.monotonic() - row[1])})")
