@@ -101,7 +101,8 @@ def bench(config: BenchConfig, on_event: Event | None = None) -> BenchReport:
         peak_tflops={d.type: remeasure(d)["matmul_tflops"] for d in devices}, load_average={"start": load_start})
     emit("bench_start", rows=len(tasks), devices=report.devices, out=str(out))
     for index, task in enumerate(tasks, 1):
-        label = f"{task.section} on {task.device}: {task.name}"
+        where = "data on the host" if task.device == "host" else f"{task.section} on {task.device}"
+        label = f"{where}: {task.name}"
         emit("row_start", index=index, label=label)
         row = _measure(task)
         report.rows.append(row)
