@@ -155,7 +155,7 @@ def markdown(report: BenchReport) -> str:
              f"{report.date}; gpuvision {v['gpuvision']} (commit {report.commit or 'unknown'}); Python {v['python']}, "
              f"torch {v['torch']}, CUDA {v['cuda'] or '-'}, cuDNN {v['cudnn'] or '-'}, driver {v['driver'] or '-'}.",
              f"CPU: {m['cpu']}, {m['cores']} cores, ISA {' '.join(m['isa']) or '-'}"
-             f"{' (AMX)' if 'amx_bf16' in m['isa'] else ''}; {report.settings['threads']} torch threads; GPUs: "
+             f"{' (AMX)' if 'amx_bf16' in m['isa'] else ''}; torch threads: {report.settings['threads']}; GPUs: "
              f"{gpus}. Load average {load['start']:.2f} at the start, {load['end']:.2f} at the end (1 min).",
              f"Data: {d['source']} ({d['images']:,} images of {d['shape']}; {d['train_images']:,} on the device for "
              f"training). Model: {model['name']} ({model['params']:,} parameters, {model['forward_mflops']:.1f} MFLOPs "
@@ -209,6 +209,9 @@ def chart(report: BenchReport, section: str, path: Path) -> bool:
             ys = [k + i * height for k in range(len(names))]
             bars = ax.barh(ys, [found.get(n) or 0 for n in names], height=height, label=device)
             ax.bar_label(bars, [f"{found[n]:.2f}x" if found.get(n) else "" for n in names], fontsize=7, padding=2)
+        shown = [s for s in (speedup(r) for r in rows) if s]
+        if shown and max(shown) / min(shown) > 20:  # e.g. a cache against a decode: small ratios stay readable
+            ax.set_xscale("log")
         ax.axvline(1.0, color="grey", linewidth=0.8)
         ax.set_yticks([k + height * (len(devices) - 1) / 2 for k in range(len(names))], names, fontsize=8)
         ax.invert_yaxis()
