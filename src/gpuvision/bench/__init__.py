@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,12 +43,12 @@ from ..device.probes import record_training, remeasure
 from ..errors import BadInput, UserError, require
 from ..models import count_params, create_model, default_model, model_spec
 from ..train.recipes import create_recipe, default_recipe
+from ..version import CHECKOUT
 from . import inference, loading, training
 from .measure import FULL, QUICK, Scale, Skipped, Workload
 from .report import BenchReport, Row, write
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[3]  # the checkout, when gpuvision runs from one
 STATS_IMAGES = 10_000  # training images that set the input normalisation (as the Trainer)
 DATA_INIT_IMAGES = 5_000
 
@@ -59,7 +58,8 @@ Event = Callable[..., None]
 def default_data() -> str:
     """CIFAR-10-JPEG beside the checkout (../shared/data, or the copy benchmarks/gpu.sh carries in .local/) when
     present, else the embedded digits."""
-    for path in (REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz", REPO / ".local" / "cifar10-jpeg.tar.gz"):
+    for path in (CHECKOUT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz",
+                 CHECKOUT / ".local" / "cifar10-jpeg.tar.gz"):
         if path.is_file():
             return str(path)
     return "digits"
@@ -88,10 +88,11 @@ def bench(config: BenchConfig, on_event: Event | None = None) -> BenchReport:
     images = load_images(src)
     work = _workload(images, config.model, scale)
     tasks = _plan(src, images, work, devices, scale, out if config.profile else None)
+    named = versions()
     report = BenchReport(
         settings={**asdict(config), "data": src, "out": str(out), "threads": torch.get_num_threads(),
                   "command": _command(config, src, out)},
-        date=datetime.now().astimezone().isoformat(timespec="seconds"), commit=_commit(), versions=versions(),
+        date=datetime.now().astimezone().isoformat(timespec="seconds"), commit=named["commit"], versions=named,
         machine=machine().to_json(), devices=[str(d) for d in devices],
         data={"source": src, "name": images.name, "images": len(images), "shape": "x".join(map(str,
               images.image_shape)), "train_images": len(work.labels)},
@@ -139,22 +140,6 @@ def _command(config: BenchConfig, src: str, out: Path) -> str:
     flags = [f"--device {config.device}", f"--model {config.model}", f"--data {src}", f"--out {out}"]
     return " ".join(["gpuvision bench", *flags, *(["--quick"] if config.quick else []),
                      *(["--profile"] if config.profile else [])])
-
-
-def _commit() -> str | None:
-    """The checkout's commit (with +dirty), when gpuvision runs from one."""
-    if not (REPO / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _workload(images: ImageSet, model: str, scale: Scale) -> Workload:

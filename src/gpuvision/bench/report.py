@@ -43,10 +43,10 @@ class BenchReport:
     devices: list[str]
     data: dict
     model: dict
-    peak_tflops: dict  # device -> precision -> TFLOP/s (the cached matmul probe)
+    peak_tflops: dict  # device -> precision -> TFLOP/s: the matmul probe, run at the start of the bench
     load_average: dict  # at start and end: the machine may be shared
     rows: list[Row] = field(default_factory=list)
-    recorded: dict = field(default_factory=dict)  # device -> training rates recorded for `auto`
+    recorded: dict = field(default_factory=dict)  # device -> model -> the training rates `auto` follows
     files: dict = field(default_factory=dict)
     seconds: float = 0.0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..files import cache_root
-from ..version import __version__
+from ..version import __version__, commit
 from . import acceleration, probes
 from .hardware import cpu_model, machine
 
@@ -67,7 +67,8 @@ class DoctorReport:
     def text(self) -> str:
         """The human summary the CLI prints."""
         v, m = self.versions, self.machine
-        lines = [f"gpuvision {v['gpuvision']}; Python {v['python']}; torch {v['torch']}; CUDA "
+        built = f" (commit {v['commit']})" if v["commit"] else ""
+        lines = [f"gpuvision {v['gpuvision']}{built}; Python {v['python']}; torch {v['torch']}; CUDA "
                  f"{v['cuda'] or 'not built in'}; cuDNN {v['cudnn'] or '-'}; NVIDIA driver {v['driver'] or '-'}",
                  f"CPU: {m['cpu']} ({m['arch']}), {m['cores']} usable cores; ISA: {' '.join(m['isa']) or '-'}",
                  "CUDA: " + (f"{self.cuda['devices']} device(s)" if self.cuda["available"] else
@@ -127,10 +128,11 @@ def nvidia_driver() -> str | None:
 
 
 def versions() -> dict:
-    """Python, gpuvision, torch, the CUDA torch was built with, cuDNN and the NVIDIA driver (None where absent)."""
+    """Python, gpuvision (and its commit, run from a checkout), torch, the CUDA torch was built with, cuDNN and the
+    NVIDIA driver (None where absent)."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"python": platform.python_version(), "gpuvision": __version__, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": cudnn, "driver": nvidia_driver()}
+    return {"python": platform.python_version(), "gpuvision": __version__, "commit": commit(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": cudnn, "driver": nvidia_driver()}
 
 
 def cuda_status() -> dict:

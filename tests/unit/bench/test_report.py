@@ -30,8 +30,8 @@ def two_device_report() -> BenchReport:
                  Row("inference", "inference", "int8 (onnxruntime, static QDQ)", device, 1000.0 * scale, "img/s",
                      {"latency_ms_b1": 2.5 / scale})]
     machine = {"cpu": "Some Xeon", "cores": 2, "isa": ["avx2", "amx_bf16"], "gpus": [{"name": "H200"}]}
-    versions = {"python": "3.12", "gpuvision": "0.2.0", "torch": "2.11", "cuda": "12.8", "cudnn": 91000,
-                "driver": "570.1"}
+    versions = {"python": "3.12", "gpuvision": "0.2.0", "commit": "abc1234", "torch": "2.11", "cuda": "12.8",
+                "cudnn": 91000, "driver": "570.1"}
     return BenchReport(settings={"threads": 16, "command": "gpuvision bench --device all", "quick": False},
                        date="2026-12-02", commit="abc1234", versions=versions, machine=machine,
                        devices=["cpu", "cuda"],

@@ -65,7 +65,7 @@ def test_the_report_has_the_documented_fields_and_a_missing_cuda_is_a_finding_no
     report = doctor.doctor()
     out = json.loads(json.dumps(report.to_json()))  # JSON as `doctor --json` prints it
     assert out["schema_version"] == 1
-    assert set(out["versions"]) == {"python", "gpuvision", "torch", "cuda", "cudnn", "driver"}
+    assert set(out["versions"]) == {"python", "gpuvision", "commit", "torch", "cuda", "cudnn", "driver"}
     assert {"cpu", "cores", "isa", "gpus"} <= set(out["machine"])
     assert out["cuda"]["available"] is False and out["cuda"]["problem"].startswith("driver mismatch")
     assert out["cuda"]["advice"] in out["advice"]
