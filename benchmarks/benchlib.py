@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -24,17 +23,9 @@ def default_results_dir() -> Path:
 
 def git_commit() -> str:
     """The short commit (+dirty); on a machine the repository reached without .git, what fetch_wheels.sh saved."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        out, dirty = None, ""
-    if out is not None and out.returncode == 0 and out.stdout.strip():
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    saved = REPO / ".local" / "COMMIT"
-    return f"{saved.read_text().strip()} (from .local/COMMIT)" if saved.is_file() else "unknown"
+    from gpuvision.version import commit
+
+    return commit() or "unknown"
 
 
 def machine(device: str) -> dict:

@@ -24,6 +24,8 @@
 #   6. time_to_accuracy.py --tools plain: the plain PyTorch loop, 1 epoch measured, projected
 #   7. optional, last, its failure harmless: a fresh `python -m gpuvision train` process, start to saved model
 # MODE=seeds: only step 4 with $SEEDS (default 20) seeds a tool, alternating, for the accuracy and time spread.
+# MODE=bench: only `gpuvision bench --device $DEVICE --quick` (issue 16: what each speed method buys) into
+#   $RESULTS/bench/ (bench.json, bench.md, charts). Dry run: PYTHON=... DEVICE=cpu MODE=bench DATA=some.tar.gz
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,7 +105,10 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'gpuvision',
       'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" ||
     { echo "gpuvision or a dependency does not import (see above)"; return 2; }
 
-  if [ "$MODE" = seeds ]; then
+  if [ "$MODE" = bench ]; then
+    step "gpuvision bench --quick" 530 "$PY" -m gpuvision bench --device "$DEVICE" --quick --data "$DATA" \
+      --out "$RESULTS/bench"
+  elif [ "$MODE" = seeds ]; then
     # shellcheck disable=SC2086  # TTA_EXTRA is a list of flags
     step "time to accuracy: $SEEDS seeds a tool, alternating" 530 "$PY" benchmarks/time_to_accuracy.py \
       --device "$DEVICE" --data "$DATA" --seeds "$SEEDS" --tools airbench,gpuvision --no-cli-run $TTA_EXTRA

@@ -93,8 +93,10 @@ def access_from_args(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import (
+        BenchConfig,
         CompressConfig,
         CryptConfig,
+        DoctorConfig,
         EvaluateConfig,
         ExportConfig,
         KeysConfig,
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("verify", "check that a model is intact and signed by --pubkey (exit 2 if not)", None, True)
     command("encrypt", "write an AES-256-GCM encrypted copy of a model (sign it afterwards)", CryptConfig, True)
     command("decrypt", "write the decrypted copy of an encrypted model (or exported .enc file)", CryptConfig, True)
+    command("doctor", "versions, devices, what works and how fast, and what auto picks here", DoctorConfig)
+    command("bench", "measure what each speed method buys here: data, training step, inference; CPU against GPU",
+            BenchConfig)
     return parser
 
 
@@ -337,9 +342,33 @@ def run_crypt(args) -> int:
     return 0
 
 
+def run_doctor(args) -> int:
+    from .config import DoctorConfig
+    from .device.doctor import doctor
+
+    report = doctor(config_from_args(DoctorConfig, args).compile_probe)
+    _emit(report.to_json(), args.json, report.text())
+    return 0
+
+
+def run_bench(args) -> int:
+    from .bench import bench
+    from .bench.report import markdown
+    from .config import BenchConfig
+    from .progress import BenchProgress
+
+    with BenchProgress() as progress:
+        report = bench(config_from_args(BenchConfig, args), on_event=progress)
+    files = report.files
+    human = markdown(report) + f"\nreport: {files['markdown']}, {files['json']}, " + ", ".join(files["charts"])
+    _emit(report.to_json(), args.json, human)
+    return 0
+
+
 COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
             "compress": run_compress, "export": run_export, "serve": run_serve, "keys": run_keys, "sign": run_sign,
-            "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
+            "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt, "doctor": run_doctor,
+            "bench": run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -363,6 +363,26 @@ class ServeConfig(Validated):
         return self
 
 
+@dataclass
+class DoctorConfig(Validated):
+    """Settings of `gpuvision doctor`."""
+
+    compile_probe: bool = setting(False, "also try torch.compile on each device (seconds on a GPU, minutes on a CPU)")
+
+
+@dataclass
+class BenchConfig(Validated):
+    """Settings of `gpuvision bench`: where to measure, which network, on which images, how long."""
+
+    device: str = setting("all", "cpu, cuda, or all (every device here, side by side)", choices=("cpu", "cuda", "all"))
+    model: str = setting("auto", "network: auto (the default for the data's image size)", choices="models")
+    data: str | None = setting(None, "images to measure on, as for train (default: ../shared/data/cifar10-jpeg.tar.gz "
+                               "beside the checkout when present, else digits)")
+    quick: bool = setting(False, "a subset and a few steps per row (about a minute on a CPU; no CPU compile rows)")
+    out: str | None = setting(None, "report directory (default: runs/bench-<timestamp>)")
+    profile: bool = setting(False, "also save a torch.profiler trace of a few training steps per device")
+
+
 def read_config_file(path: str, config_type=TrainConfig) -> dict:
     """The settings in a YAML or JSON file, as a dict of known field names (dashes or underscores)."""
     p = Path(path)

@@ -1,13 +1,15 @@
 """Progress on stderr: rich bars on a terminal; in a log (CI, nohup, a scheduler) a plain line at most every 30 s.
 
-`Heartbeat` is the log form for library code (it logs, never prints); `TrainProgress` and `StageProgress` are the
-CLI's event sinks for training and compression. They see host values only: they never sync the device.
+`Heartbeat` is the log form for library code (it logs, never prints); `TrainProgress`, `StageProgress` and
+`BenchProgress` are the CLI's event sinks for training, compression and `gpuvision bench`. They see host values
+only: they never sync the device.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 from rich.console import Console
@@ -127,3 +129,54 @@ class StageProgress:
             self.console.print(info["text"], highlight=False)
         elif event == "train":
             self.train(info.pop("train_event"), **{k: v for k, v in info.items() if k != "stage"})
+
+
+class BenchProgress:
+    """Event sink for `gpuvision bench`: a bar over the rows on a terminal; in a log a line per row and, while one
+    row runs long (a first compile takes minutes on a CPU), a line at most every 30 s saying it still runs."""
+
+    def __init__(self, every: float = EVERY_SECONDS):
+        self.console = Console(stderr=True, soft_wrap=True)
+        self.tty = sys.stderr.isatty()
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.console, transient=False, disable=not self.tty)
+        self.every, self.task, self.total = every, None, 0
+        self.row: tuple[str, float] | None = None  # the running row's label and start
+        self.last_line = time.monotonic()
+        self.stop = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.ticker.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.ticker.join()
+        self.progress.__exit__(*exc)
+
+    def _line(self, text: str) -> None:
+        self.last_line = time.monotonic()
+        self.console.print(text, highlight=False)
+
+    def _tick(self) -> None:
+        while not self.stop.wait(min(1.0, self.every / 4)):
+            row = self.row
+            if not self.tty and row and time.monotonic() - self.last_line >= self.every:
+                self._line(f"bench: still measuring {row[0]} ({_duration(time.monotonic() - row[1])})")
+
+    def __call__(self, event: str, **info) -> None:
+        if event == "bench_start":
+            self.total = info["rows"]
+            self._line(f"bench: {info['rows']} rows on {', '.join(info['devices'])} -> {info['out']}")
+            self.task = self.progress.add_task("bench", total=info["rows"])
+        elif event == "row_start":
+            self.row = (info["label"], time.monotonic())
+            self.progress.update(self.task, description=info["label"])
+        elif event == "row_end":
+            seconds = time.monotonic() - self.row[1]
+            self.row = None
+            self.progress.update(self.task, advance=1)
+            if not self.tty:
+                self._line(f"bench {info['index']}/{self.total}: {info['label']}: {info['text']} ({seconds:.1f} s)")

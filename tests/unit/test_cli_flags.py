@@ -7,7 +7,7 @@ from dataclasses import MISSING, fields
 import pytest
 
 from gpuvision.cli import build_parser, main
-from gpuvision.config import CompressConfig, EvaluateConfig, ExportConfig, TrainConfig
+from gpuvision.config import BenchConfig, CompressConfig, DoctorConfig, EvaluateConfig, ExportConfig, TrainConfig
 from gpuvision.models import list_models
 from gpuvision.train.recipes import RECIPES
 
@@ -19,7 +19,8 @@ def _subparser(name):
 
 
 @pytest.mark.parametrize("command, config_type", [("train", TrainConfig), ("evaluate", EvaluateConfig),
-                                                  ("compress", CompressConfig), ("export", ExportConfig)])
+                                                  ("compress", CompressConfig), ("export", ExportConfig),
+                                                  ("bench", BenchConfig), ("doctor", DoctorConfig)])
 def test_every_setting_is_a_flag_whose_help_shows_its_dataclass_default(command, config_type):
     sub = _subparser(command)
     by_dest = {a.dest: a for a in sub._actions}

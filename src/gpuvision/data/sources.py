@@ -35,7 +35,7 @@ CIFAR_FILES = {*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches
 
 def load_images(
     src: str, image_size: int | tuple[int, int] | None = None, channels: int | None = None, strict: bool = False,
-    max_decoded_bytes: int | str | None = None,
+    max_decoded_bytes: int | str | None = None, cached: bool = True,
 ) -> ImageSet:
     """Decode a source once (then load it from the cache) into an ImageSet.
 
@@ -44,6 +44,7 @@ def load_images(
     strict: a corrupt image is an error instead of being skipped and reported.
     max_decoded_bytes: refuse to decode a set larger than this (N x C x H x W bytes); None reads
         GPUVISION_MAX_DECODED_BYTES (bytes, or a number with K, M, G or T), default 8 GiB.
+    cached: False decodes the source without reading or writing the cache (a cold load, for `gpuvision bench`).
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
@@ -55,14 +56,15 @@ def load_images(
     fingerprint = _fingerprint(kind, path)
     settings = {"image_size": list(image_size) if image_size else None, "channels": channels, "kind": kind}
     key = cache_key(fingerprint, settings)
-    images = load_cached(key)
+    images = load_cached(key) if cached else None
     if images is None:
         images = _READERS[kind](path, image_size, channels, bound)
         images.fingerprint, images.source = fingerprint, src if kind == "digits" else str(path.resolve())
         if not images.native_sizes:
             images.native_sizes = {f"{images.images.shape[2]}x{images.images.shape[3]}": len(images)}
         _check(images, src)
-        save_cached(key, images)
+        if cached:
+            save_cached(key, images)
     if images.skipped:
         names = ", ".join(repr(n) for n in images.skipped[:5]) + (" ..." if len(images.skipped) > 5 else "")
         require(not strict, f"{src}: {len(images.skipped)} unreadable image(s): {names} (--strict refuses them)")
@@ -74,6 +76,23 @@ def source_fingerprint(src: str) -> str:
     """The fingerprint a source has now (to tell whether it changed since a model was trained on it)."""
     kind, path = _source_kind(src)
     return _fingerprint(kind, path)
+
+
+def encoded_images(src: str, limit: int) -> list[bytes | Path]:
+    """Up to `limit` of a folder's or an archive's image files, undecoded (bytes or paths), in name order; none
+    for sources that hold raw pixels (digits, CIFAR python batches, IDX). For timing decoders side by side."""
+    kind, path = _source_kind(src)
+    if kind == "folder":
+        return [p for p in _walk(path) if p.is_file() and _is_image_name(p.relative_to(path).as_posix())][:limit]
+    if kind != "archive":
+        return []
+    found = []
+    for _, data in iter_members(path, wanted=_is_image_name):
+        if data is not None:
+            found.append(data)
+            if len(found) >= limit:
+                break
+    return found
 
 
 def _check(images: ImageSet, src: str) -> None:

@@ -122,16 +122,19 @@ def _write(path: Path, data: dict) -> None:
         log.debug("could not cache machine measurements in %s: %s", path, e)
 
 
+def _matmul_figures(device: torch.device) -> dict:
+    precisions = ("fp32", "bf16") if device.type == "cpu" else ("fp32", "bf16", "fp16")
+    return {"matmul_tflops": {p: matmul_tflops(device, p) for p in precisions}, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "measured": datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
 @functools.cache
 def _measured(device: torch.device) -> dict:
     path = _cache_file(device)
     data = _read(path)
     if "matmul_tflops" not in data:
-        precisions = ("fp32", "bf16") if device.type == "cpu" else ("fp32", "bf16", "fp16")
-        data["matmul_tflops"] = {p: matmul_tflops(device, p) for p in precisions}
-        data["threads"] = torch.get_num_threads()
-        data["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        data["measured"] = datetime.now().astimezone().isoformat(timespec="seconds")
+        data.update(_matmul_figures(device))
         _write(path, data)
     return data
 
@@ -140,6 +143,15 @@ def measured(device: torch.device) -> dict:
     """This machine's cached measurements for a device type (measured now if absent): matmul_tflops per precision,
     and `training` rates per model that `gpuvision bench` recorded."""
     return _measured(torch.device(device.type))
+
+
+def remeasure(device: torch.device) -> dict:
+    """Measure the matmul rates again and cache them (what `gpuvision doctor` does), keeping bench's rates."""
+    device = torch.device(device.type)
+    data = {**_read(_cache_file(device)), **_matmul_figures(device)}
+    _write(_cache_file(device), data)
+    _measured.cache_clear()
+    return data
 
 
 def record_training(device: torch.device, model: str, rates: dict[str, float]) -> None:
