@@ -1,6 +1,6 @@
 """Small real fixtures built in the tests: image trees, archives, CIFAR-format batches, IDX files; and crafted bad
 files: archives cut short or with a bad checksum, zips with what zipfile will not write, and bombs that are small
-on disk and cheap to build (one compressed block written many times)."""
+on disk and cheap to build (one compressed block written many times); and a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pickle
 import struct
 import tarfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +250,31 @@ def refusal(src, *words: str, **kwargs) -> str:
     assert "\n" not in message and str(src) in message, message
     assert all(w in message for w in words), message
     return message
+
+
+@contextmanager
+def serving(config, api_key: str | None = None, models=None):
+    """A real uvicorn on 127.0.0.1 (a free port) in a thread, serving config's models (or `models`, already
+    loaded); yields (url, models) and stops it gracefully (the app's shutdown runs) on leaving."""
+    import threading
+    import time
+
+    from gpuvision.serve.app import build_app
+    from gpuvision.serve.repository import open_models
+    from gpuvision.serve.transport import listen, make_server
+
+    models = models or open_models(config)
+    sock = listen("127.0.0.1", 0)
+    server = make_server(build_app(models, config, api_key))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        assert server.started, "the server did not start within 30 s"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", models
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

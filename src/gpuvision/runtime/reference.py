@@ -1,11 +1,13 @@
 """Reference figures: what a model did on its test split, recorded in the manifest when it is made, so that
-serving can compare production traffic with them (accuracy, and the distributions of top-1 confidence and of
-image brightness, each a histogram over 20 equal bins of 0..1)."""
+serving can compare production traffic with them (accuracy, per-class recall and predicted-class counts, and the
+distributions of top-1 confidence and of image brightness, each a histogram over 20 equal bins of 0..1)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ..artifact import Reference
 
 BINS = 20
 
@@ -27,9 +29,15 @@ def brightness(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
     return array.reshape(len(array), -1).mean(axis=1) / 255.0
 
 
-def reference_figures(logits: torch.Tensor, labels: np.ndarray, pixels: np.ndarray, split: str = "test") -> dict:
-    """Accuracy (no TTA) and the two histograms, for the manifest's `reference`."""
-    correct = int((logits.argmax(1).numpy() == np.asarray(labels)).sum())
-    return {"split": split, "n": len(labels), "accuracy": correct / max(len(labels), 1), "tta": False,
-            "bins": BINS, "confidence_histogram": histogram(confidence(logits)),
-            "brightness_histogram": histogram(brightness(pixels))}
+def reference_figures(logits: torch.Tensor, labels: np.ndarray, pixels: np.ndarray, split: str = "test",
+                      tta: bool = False, runtime: str | None = None) -> Reference:
+    """The manifest's `reference` from a model's logits on its test images (measured with TTA or not, on `runtime`)."""
+    labels, k = np.asarray(labels), logits.shape[1]
+    predicted = logits.argmax(1).numpy()
+    hits = predicted == labels
+    support = np.bincount(labels, minlength=k)
+    recall = np.divide(np.bincount(labels[hits], minlength=k), support, out=np.zeros(k), where=support > 0)
+    return Reference(split=split, n=len(labels), accuracy=float(hits.sum()) / max(len(labels), 1), tta=tta,
+                     bins=BINS, confidence_histogram=histogram(confidence(logits)),
+                     brightness_histogram=histogram(brightness(pixels)),
+                     predicted=np.bincount(predicted, minlength=k).tolist(), recall=recall.tolist(), runtime=runtime)

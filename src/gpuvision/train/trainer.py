@@ -25,6 +25,7 @@ from ..artifact import (
     WEIGHT_FILES,
     Inference,
     Manifest,
+    Reference,
     SplitRecord,
     Training,
     library_versions,
@@ -321,11 +322,11 @@ class Trainer:
         atomic_write(self.out / METRICS_FILE, lambda p: Path(p).write_text("".join(lines)))
 
     # --------------------------------------------------------------------------------------------- model directory
-    def reference(self) -> dict:
+    def reference(self) -> Reference:
         """The test-split figures serving compares production with: accuracy (no TTA), confidence, brightness."""
         runtime = EagerRuntime(self.model, self.spec, self.images.classes, 0, self.device, self.precision)
         pixels, labels = self.images.images[self.split.test], self.images.labels[self.split.test]
-        return reference_figures(runtime.logits(pixels), labels, pixels)
+        return reference_figures(runtime.logits(pixels), labels, pixels, runtime=runtime.name)
 
     def save_model(self) -> Manifest:
         """Write the weights, then manifest.json (last, vouching for every file), then drop the checkpoints."""

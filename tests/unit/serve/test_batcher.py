@@ -40,13 +40,13 @@ async def submit_all(batcher: Batcher, xs: list[torch.Tensor]) -> list:
 def test_concurrent_requests_are_batched_up_to_the_limit_and_each_gets_its_rows():
     model, seen = Model(), []
     batcher = Batcher(model, max_batch=8, max_wait_s=0.5, max_queue=64, instances=2,
-                      on_batch=lambda *a: seen.append(a), name="m")
+                      observers=[seen.append], name="m")
     xs = [torch.full((1 + i % 3, 2), float(i)) for i in range(16)]  # 1 to 3 images a request
     images = sum(len(x) for x in xs)
     outs = run(submit_all(batcher, xs))
     assert all(torch.equal(out, x * 2) for out, x in zip(outs, xs))
     assert len(model.sizes) < len(xs) and max(model.sizes) <= 8 and sum(model.sizes) == images
-    assert sum(n for _, n, _, _ in seen) == images and len(seen) == len(model.sizes)
+    assert sum(batch.images for batch in seen) == images and len(seen) == len(model.sizes)
     assert len(model.threads) == 2  # both executors ran batches
 
 
