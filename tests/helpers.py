@@ -278,3 +278,38 @@ def serving(config, api_key: str | None = None, models=None):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def read_line(stream, seconds: float) -> str:
+    """The next line of a pipe, waiting at most `seconds`."""
+    import threading
+
+    line = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return line[0] if line else ""
+
+
+@contextmanager
+def serve_process(args: list[str], log: Path):
+    """`gpuvision serve ARGS --port 0 --json` as a user runs it, in its own process (stderr to `log`, not an
+    unread pipe that could fill and stall it); yields (process, its ready line) and kills it if still running."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "gpuvision", "serve", *args, "--port", "0", "--json"],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    try:
+        line = read_line(process.stdout, 180)
+        assert line, f"gpuvision serve printed no ready line (exit code {process.poll()}): {log.read_text()[-2000:]}"
+        yield process, json.loads(line)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
