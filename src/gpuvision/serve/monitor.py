@@ -98,8 +98,7 @@ class Monitor:
                  tta: bool = False):
         self.name, self.version, self.classes, self.reference = name, version, list(classes), reference
         self.index = {c: i for i, c in enumerate(self.classes)}
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         self.notes = comparison_notes(reference, runtime, tta)
         path = window_file(directory, name, version) if directory else None
         self.window = Window(window, len(self.classes), path)
@@ -113,13 +112,13 @@ class Monitor:
             ids += request_ids
             logits.append(y)
             light.append(brightness(pixels) if pixels is not None else self._unnormalised_brightness(x))
-        if ids:
-            logits = torch.cat(logits)
-            self.window.add(ids, logits.argmax(1).numpy(), confidence(logits), np.concatenate(light))
+        if ids:  # numpy, not torch, on the event loop: see runtime.reference.confidence
+            logits = np.concatenate([y.numpy() for y in logits])
+            self.window.add(ids, logits.argmax(1), confidence(logits), np.concatenate(light))
 
     def _unnormalised_brightness(self, x: torch.Tensor) -> np.ndarray:
-        means = x.float().mean(dim=(2, 3), keepdim=True) * self.std + self.mean  # per image and channel, 0..255
-        return np.clip(means.flatten(1).mean(1).numpy() / 255.0, 0.0, 1.0)
+        means = x.numpy().mean(axis=(2, 3)) * self.std + self.mean  # per image and channel, 0..255
+        return np.clip(means.mean(axis=1) / 255.0, 0.0, 1.0)
 
     def feedback(self, prediction_id: str, label: str) -> dict:
         """Give a prediction its true label: 404 for an unknown or expired id, 409 for a second label."""
