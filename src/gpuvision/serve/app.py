@@ -26,7 +26,7 @@ from ..version import __version__
 from . import kserve_v2, page, upload
 from .batcher import Batcher
 from .metrics import Metrics, ModelStats
-from .monitor import Collector, Monitor, parse_feedback, prediction_ids
+from .monitor import Collector, Monitor, new_ids, parse_feedback, prediction_ids
 from .repository import ServedModel
 from .transport import BodyLimit, check_key, decode_body
 
@@ -169,7 +169,7 @@ class Service:
             files = await self.files(request)
             pixels, x = await _offload(upload.decode_images, sum(len(d) for _, d in files), files, served.model,
                                        self.config.max_batch_size)
-            ids = [prediction_ids(None, 1)[0] for _ in files]
+            ids = new_ids(len(files))
             logits = await endpoint.batcher.submit(x, pixels, ids)
             return upload.encode_response([n for n, _ in files], logits, served.runtime.classes, top_k,
                                           served.name, served.version, ids)

@@ -41,11 +41,16 @@ MAX_ID = 128  # a longer request id is answered, but its predictions get ids of 
 PREFIX = "gpuvision_monitor"
 
 
+def new_ids(n: int) -> list[str]:
+    """n new prediction ids (random, 32 hex digits)."""
+    return [uuid.uuid4().hex for _ in range(n)]
+
+
 def prediction_ids(request_id: str | None, n: int) -> tuple[str, list[str]]:
     """The response id (the request's, else a new one) and one prediction id per image: the response id for one
     image, `ID/0`... for several; a request id that is empty or over MAX_ID characters gets new prediction ids."""
-    response_id = request_id if request_id is not None else uuid.uuid4().hex
-    base = response_id if 0 < len(response_id) <= MAX_ID else uuid.uuid4().hex
+    response_id = request_id if request_id is not None else new_ids(1)[0]
+    base = response_id if 0 < len(response_id) <= MAX_ID else new_ids(1)[0]
     return response_id, [base] if n == 1 else [f"{base}/{i}" for i in range(n)]
 
 

@@ -86,3 +86,33 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
             await batcher.stop()
 
     assert torch.equal(run(scenario()), torch.ones(1, 2))
+
+
+def test_observers_see_pixels_outputs_and_ids_and_a_failing_one_stops_nothing():
+    seen = []
+
+    def broken(batch):
+        raise RuntimeError("an observer's bug")
+
+    batcher = Batcher(Model(0.01), max_batch=8, max_wait_s=0.2, max_queue=64, observers=[broken, seen.append])
+    pixels = [torch.full((2, 1, 2, 2), i, dtype=torch.uint8) for i in range(3)]
+
+    async def scenario():
+        batcher.start()
+        try:
+            first = await asyncio.gather(*(batcher.submit(p.float(), p, [f"{i}a", f"{i}b"])
+                                           for i, p in enumerate(pixels)))
+            return first, await batcher.submit(torch.ones(1, 1, 2, 2))  # still serving after the bug
+        finally:
+            await batcher.stop()
+
+    outs, last = run(scenario())
+    assert torch.equal(last, torch.full((1, 1, 2, 2), 2.0))
+    batches = [b for b in seen if b.ids[0] is not None]
+    assert sum(b.images for b in batches) == 6
+    for batch in batches:
+        for x, p, y, ids in zip(batch.inputs, batch.pixels, batch.outputs, batch.ids):
+            i = int(p[0, 0, 0, 0])
+            assert torch.equal(p, pixels[i]) and torch.equal(x, p.float()) and torch.equal(y, outs[i])
+            assert ids == [f"{i}a", f"{i}b"]
+    assert seen[-1].pixels == [None] and seen[-1].ids == [None]

@@ -74,7 +74,7 @@ async function classify(files) {
       if (!(e instanceof NeedsKey)) status("Classification failed: " + e.message);
       return;
     }
-    answer.predictions.forEach((p, j) => $("results").prepend(result(m, p, part[j])));
+    $("results").prepend(...answer.predictions.map((p, j) => result(m, p, part[j])));  // newest first, in order
   }
   status("Done. Give the true label where you know it.");
   refreshMonitor();
@@ -160,7 +160,7 @@ async function refreshMonitor() {
     return;
   }
   const a = r.accuracy, d = r.drift, s = r.serving;
-  const psi = (x) => [`${fmt(x.psi)} (${x.state})`, x.state];
+  const psi = (x) => [x.psi === null || x.state === "too few" ? x.state : `${fmt(x.psi)} (${x.state})`, x.state];
   const rows = [
     ["requests", "Requests", String(s.requests)],
     ["labelled", "Labelled predictions", String(a.labelled)],
