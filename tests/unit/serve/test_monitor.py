@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+from gpuvision.artifact import Reference
 from gpuvision.errors import BadInput, NotFound, UserError
 from gpuvision.serve.batcher import Batch
 from gpuvision.serve.monitor import (
     MAX_ID,
     Monitor,
     binomial_verdict,
+    comparison_notes,
     drift_state,
     parse_feedback,
     prediction_ids,
     psi,
 )
 from gpuvision.serve.window import COMPACT_AT, Conflict, Window
-
-pytest.importorskip("prometheus_client")
 
 
 def add(window: Window, ids: list[str], predicted: int = 0) -> None:
@@ -125,3 +125,12 @@ def test_fp32_requests_are_unnormalised_for_brightness():
     assert report["accuracy"]["verdict"] == "no reference" and "no reference" in report["notes"][0]
     with pytest.raises(BadInput, match="not a class"):
         monitor.feedback("a", "zebra")
+
+
+def test_a_server_that_does_not_measure_like_the_reference_says_so():
+    reference = Reference(n=10, accuracy=0.9, confidence_histogram=[0] * 19 + [10],
+                          brightness_histogram=[10] + [0] * 19, runtime="eager-fp32")
+    assert comparison_notes(reference, "eager-fp32", tta=False) == []
+    tta, runtime = comparison_notes(reference, "onnxruntime-int8", tta=True)
+    assert "test-time augmentation" in tta and "not like for like" in tta
+    assert "eager-fp32" in runtime and "onnxruntime-int8" in runtime
