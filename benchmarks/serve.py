@@ -20,9 +20,10 @@ process as the client:
 4. monitoring overhead: three servers of the same model on the runtime step 1's server chose, side by side:
    monitoring on (the default), off (`--no-monitor`), and on with `--monitor-dir` (the window written to a file).
    `--concurrency` clients drive one at a time, in `--overhead-rounds` rounds of one `--segment-seconds` segment
-   per server (after a 1 s warm-up each), the order rotated each round (ABC, BCA, ...) so that load from other work
-   on the machine falls on all three alike. Images/s per server over all its segments, with a 95% bootstrap
-   interval of each ratio over the rounds; target (issue 20): monitoring on >= 0.95 x off.
+   per server (after 0.5 s that opens its connections), the order rotated each round (ABC, BCA, ...) so that load
+   from other work on the machine falls on all three alike. Images/s per server over all its segments, with a
+   95% bootstrap interval of each ratio over the rounds; target (issue 20): monitoring on >= 0.95 x off. Beside
+   it, in this process, alternated: the monitor's time per batch of 16 one-image requests against the model's.
 Targets (issue 11): 0 errors; served images/s >= 0.8 x bare at the mean batch; served images/s >= 0.8 x (bare
 b64 / bare b1) x batch-1 serving; overhead at low load <= 1.5 x the bare batch-1 call. Every loop is bounded in
 time and count. Images are seeded random pixels in the model's input size (PNG-encoded for the upload API).
@@ -49,6 +50,7 @@ import numpy as np
 import torch
 
 from gpuvision.artifact import ModelDir
+from gpuvision.data.input_spec import normalise
 from gpuvision.runtime import Model, open_runtime
 from gpuvision.runtime.timing import time_calls
 from gpuvision.serve import kserve_v2, upload
@@ -258,7 +260,7 @@ def monitor_overhead(args, backend: str, raw: bytes, name: str) -> dict:
                 for arm in order[r % len(order):] + order[: r % len(order)]:
                     host, port = servers[arm][1]["url"].removeprefix("http://").split(":")
                     benchlib.log(f"monitor overhead: round {r + 1}, {arm}, {args.segment_seconds} s")
-                    asyncio.run(closed_loop(host, int(port), raw, 1, args.concurrency, 1.0))
+                    asyncio.run(closed_loop(host, int(port), raw, 1, args.concurrency, 0.5))
                     load = asyncio.run(closed_loop(host, int(port), raw, 1, args.concurrency, args.segment_seconds))
                     segments[arm].append({"round": r + 1, "load_average_1min": round(os.getloadavg()[0], 2),
                                           **{k: load[k] for k in ("seconds", "requests", "errors", "images_per_s")},
@@ -273,6 +275,31 @@ def monitor_overhead(args, backend: str, raw: bytes, name: str) -> dict:
             "on_vs_off": ratio, "on_dir_vs_off": round(totals["on+dir"] / totals["off"], 3),
             "interval_95": {arm: ratio_interval(segments[arm], segments["off"]) for arm in ("on", "on+dir")},
             "target": {"value": ratio, "target": 0.95, "met": ratio >= 0.95}}
+
+
+def observer_cost(runtime, model_dir: ModelDir, pixels: np.ndarray, batch: int, repeats: int) -> dict:
+    """The monitor's time per batch against the model's, both in this process, alternated: a batch of `batch`
+    one-image requests (as the load sends), median of `repeats` each."""
+    from gpuvision.serve.batcher import Batch
+    from gpuvision.serve.monitor import Monitor
+
+    m = model_dir.manifest
+    monitor = Monitor("bench", model_dir.version, m.classes, m.input.mean, m.input.std, m.reference, 100_000)
+    requests = [torch.from_numpy(np.ascontiguousarray(pixels[i : i + 1])).permute(0, 3, 1, 2) for i in range(batch)]
+    inputs = [normalise(p, runtime.spec) for p in requests]
+    x = torch.cat(inputs)
+    model_s, observer_s = [], []
+    for i in range(repeats):
+        started = time.perf_counter()
+        logits = runtime.logits_normalised(x)
+        model_s.append(time.perf_counter() - started)
+        outputs = list(torch.split(logits, 1))
+        started = time.perf_counter()
+        monitor(Batch(inputs, requests, outputs, [[f"{i}-{j}"] for j in range(batch)], [0.0] * batch, 0.0))
+        observer_s.append(time.perf_counter() - started)
+    model_ms, observer_ms = float(np.median(model_s) * 1e3), float(np.median(observer_s) * 1e3)
+    return {"batch": batch, "repeats": repeats, "model_ms": round(model_ms, 3), "observer_ms": round(observer_ms, 3),
+            "observer_x_model": round(observer_ms / model_ms, 4)}
 
 
 def ratio_interval(arm: list[dict], base: list[dict], draws: int = 2000) -> list[float]:
@@ -304,6 +331,7 @@ def run(args) -> dict:
         if args.only_monitor_overhead:
             stop(process)
             result["monitor_overhead"] = monitor_overhead(args, params["backend"], requests["kserve-binary"][0], name)
+            result["monitor_overhead"]["observer_cost"] = observer_cost(runtime, model_dir, pixels, 16, args.repeats)
             return result
 
         stats_url = f"{url}/v2/models/{name}/stats"
@@ -354,6 +382,7 @@ def run(args) -> dict:
     }
     if args.overhead_rounds > 0:
         result["monitor_overhead"] = monitor_overhead(args, result["runtime"]["backend"], raw, name)
+        result["monitor_overhead"]["observer_cost"] = observer_cost(runtime, model_dir, pixels, 16, args.repeats)
     return result
 
 
@@ -364,9 +393,11 @@ def overhead_table(overhead: dict) -> str:
             for arm, segments in overhead["segments"].items()]
     table = benchlib.markdown_table(["monitoring", "images/s", "segments", "requests", "images/s per segment",
                                      "errors", "load average per segment"], rows)
-    interval = overhead["interval_95"]
+    interval, cost = overhead["interval_95"], overhead["observer_cost"]
     return (f"{table}\n\non / off: {overhead['on_vs_off']} (95% interval {interval['on']}; target >= 0.95); on with "
-            f"--monitor-dir / off: {overhead['on_dir_vs_off']} ({interval['on+dir']})")
+            f"--monitor-dir / off: {overhead['on_dir_vs_off']} ({interval['on+dir']})\nthe monitor's time per batch of "
+            f"{cost['batch']} one-image requests: {cost['observer_ms']} ms against the model's {cost['model_ms']} ms "
+            f"({cost['observer_x_model']} x)")
 
 
 def tables(result: dict) -> str:
