@@ -26,7 +26,7 @@ def confidence(logits: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def brightness(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Mean pixel value per image of uint8 pixels, in 0..1 (an integer sum: twice as fast as a float mean)."""
+    """Mean pixel value per image of uint8 pixels, in 0..1 (an integer sum: faster than a float mean)."""
     array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
     per_image = int(np.prod(array.shape[1:]))
     return array.reshape(len(array), per_image).sum(axis=1, dtype=np.uint64) / (255.0 * max(per_image, 1))
