@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py MODEL_DIR                        # 60 s at 32 clients; 10 s per endpoint alone
     python benchmarks/serve.py MODEL_DIR --seconds 60 --concurrency 32 --runtime auto --low-load-seconds 10
+    python benchmarks/serve.py MODEL_DIR --only-monitor-overhead --overhead-rounds 4 --segment-seconds 20
 
 In order, with one server process (`gpuvision serve NAME=MODEL_DIR --port 0`, defaults otherwise) and this
 process as the client:
@@ -16,6 +17,13 @@ process as the client:
    server's RSS sampled through the run.
 3. the bare runtime (the backend and precision the server chose, opened here) at batch 1, at the mean batch of
    step 2 and at 64: images/s from the median call.
+4. monitoring overhead: three servers of the same model on the runtime step 1's server chose, side by side:
+   monitoring on (the default), off (`--no-monitor`), and on with `--monitor-dir` (the window written to a file).
+   `--concurrency` clients drive one at a time, in `--overhead-rounds` rounds of one `--segment-seconds` segment
+   per server (after 0.5 s that opens its connections), the order rotated each round (ABC, BCA, ...) so that load
+   from other work on the machine falls on all three alike. Images/s per server over all its segments, with a
+   95% bootstrap interval of each ratio over the rounds; target (issue 20): monitoring on >= 0.95 x off. Beside
+   it, in this process, alternated: the monitor's time per batch of 16 one-image requests against the model's.
 Targets (issue 11): 0 errors; served images/s >= 0.8 x bare at the mean batch; served images/s >= 0.8 x (bare
 b64 / bare b1) x batch-1 serving; overhead at low load <= 1.5 x the bare batch-1 call. Every loop is bounded in
 time and count. Images are seeded random pixels in the model's input size (PNG-encoded for the upload API).
@@ -42,6 +50,7 @@ import numpy as np
 import torch
 
 from gpuvision.artifact import ModelDir
+from gpuvision.data.input_spec import normalise
 from gpuvision.runtime import Model, open_runtime
 from gpuvision.runtime.timing import time_calls
 from gpuvision.serve import kserve_v2, upload
@@ -157,11 +166,12 @@ def read_line(stream, seconds: float) -> str:
     return line[0] if line else ""
 
 
-def start_server(model_dir: str, name: str, runtime: str) -> tuple[subprocess.Popen, dict]:
+def start_server(model_dir: str, name: str, runtime: str, extra: tuple[str, ...] = ()
+                 ) -> tuple[subprocess.Popen, dict]:
     src = str(benchlib.REPO / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "gpuvision", "serve", f"{name}={model_dir}", "--port", "0", "--device", "cpu",
-               "--runtime", runtime, "--json"]
+               "--runtime", runtime, "--json", *extra]
     benchlib.log(" ".join(command))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     line = read_line(process.stdout, 600)  # --runtime auto exports and measures first
@@ -227,6 +237,80 @@ def requests_for(name: str, pixels: np.ndarray) -> dict[str, tuple[bytes, object
     }
 
 
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def monitor_overhead(args, backend: str, raw: bytes, name: str) -> dict:
+    """Step 4: images/s at --concurrency with monitoring on, off, and on with --monitor-dir, interleaved."""
+    import tempfile
+
+    arms = {"on": (), "off": ("--no-monitor",)}
+    with tempfile.TemporaryDirectory(prefix="gpuvision-monitor-bench-") as directory:
+        arms["on+dir"] = ("--monitor-dir", directory)
+        servers = {arm: start_server(args.model_dir, name, backend, extra) for arm, extra in arms.items()}
+        segments = {arm: [] for arm in arms}
+        try:
+            order = list(arms)
+            for r in range(args.overhead_rounds):
+                for arm in order[r % len(order):] + order[: r % len(order)]:
+                    host, port = servers[arm][1]["url"].removeprefix("http://").split(":")
+                    benchlib.log(f"monitor overhead: round {r + 1}, {arm}, {args.segment_seconds} s")
+                    asyncio.run(closed_loop(host, int(port), raw, 1, args.concurrency, 0.5))
+                    load = asyncio.run(closed_loop(host, int(port), raw, 1, args.concurrency, args.segment_seconds))
+                    segments[arm].append({"round": r + 1, "load_average_1min": round(os.getloadavg()[0], 2),
+                                          **{k: load[k] for k in ("seconds", "requests", "errors", "images_per_s")},
+                                          "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"]})
+        finally:
+            for process, _ in servers.values():
+                stop(process)
+    totals = {arm: round(sum(s["requests"] for s in v) / sum(s["seconds"] for s in v), 2)
+              for arm, v in segments.items()}
+    ratio = round(totals["on"] / totals["off"], 3)
+    return {"runtime": backend, "clients": args.concurrency, "segments": segments, "images_per_s": totals,
+            "on_vs_off": ratio, "on_dir_vs_off": round(totals["on+dir"] / totals["off"], 3),
+            "interval_95": {arm: ratio_interval(segments[arm], segments["off"]) for arm in ("on", "on+dir")},
+            "target": {"value": ratio, "target": 0.95, "met": ratio >= 0.95}}
+
+
+def observer_cost(runtime, model_dir: ModelDir, pixels: np.ndarray, batch: int, repeats: int) -> dict:
+    """The monitor's time per batch against the model's, both in this process, alternated: a batch of `batch`
+    one-image requests (as the load sends), median of `repeats` each."""
+    from gpuvision.serve.batcher import Batch
+    from gpuvision.serve.monitor import Monitor
+
+    m = model_dir.manifest
+    monitor = Monitor("bench", model_dir.version, m.classes, m.input.mean, m.input.std, m.reference, 100_000)
+    requests = [torch.from_numpy(np.ascontiguousarray(pixels[i : i + 1])).permute(0, 3, 1, 2) for i in range(batch)]
+    inputs = [normalise(p, runtime.spec) for p in requests]
+    x = torch.cat(inputs)
+    model_s, observer_s = [], []
+    for i in range(repeats):
+        started = time.perf_counter()
+        logits = runtime.logits_normalised(x)
+        model_s.append(time.perf_counter() - started)
+        outputs = list(torch.split(logits, 1))
+        started = time.perf_counter()
+        monitor(Batch(inputs, requests, outputs, [[f"{i}-{j}"] for j in range(batch)], [0.0] * batch, 0.0))
+        observer_s.append(time.perf_counter() - started)
+    model_ms, observer_ms = float(np.median(model_s) * 1e3), float(np.median(observer_s) * 1e3)
+    return {"batch": batch, "repeats": repeats, "model_ms": round(model_ms, 3), "observer_ms": round(observer_ms, 3),
+            "observer_x_model": round(observer_ms / model_ms, 4)}
+
+
+def ratio_interval(arm: list[dict], base: list[dict], draws: int = 2000) -> list[float]:
+    """A 95% bootstrap interval of images/s(arm) / images/s(base), resampling rounds (seeded): how far the
+    machine's changing load leaves the ratio uncertain."""
+    a, b = (np.array([s["images_per_s"] for s in x]) for x in (arm, base))
+    rounds = np.random.default_rng(0).integers(0, len(a), (draws, len(a)))
+    ratios = a[rounds].mean(1) / b[rounds].mean(1)
+    return [round(float(q), 3) for q in np.percentile(ratios, [2.5, 97.5])]
+
+
 def run(args) -> dict:
     name = "bench"
     process, info = start_server(args.model_dir, name, args.runtime)
@@ -244,6 +328,11 @@ def run(args) -> dict:
         spec = runtime.spec
         pixels = np.random.default_rng(0).integers(0, 256, (64, *spec.size, spec.channels), dtype=np.uint8)
         requests = requests_for(name, pixels)
+        if args.only_monitor_overhead:
+            stop(process)
+            result["monitor_overhead"] = monitor_overhead(args, params["backend"], requests["kserve-binary"][0], name)
+            result["monitor_overhead"]["observer_cost"] = observer_cost(runtime, model_dir, pixels, 16, args.repeats)
+            return result
 
         stats_url = f"{url}/v2/models/{name}/stats"
         low = {}
@@ -271,11 +360,8 @@ def run(args) -> dict:
         load.update(mean_batch=round(inferences / executions, 2), rss_mb_samples=rss)
         result["load"] = load
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if process.poll() is None:
+            stop(process)
 
     mean_batch = max(1, round(load["mean_batch"]))
     bare_mean = bare_images_per_s(runtime, pixels, mean_batch, args.repeats)
@@ -294,10 +380,29 @@ def run(args) -> dict:
         "overhead_x_bare_b1": {endpoint: {"value": v["overhead_x_bare_b1"], "target": 1.5,
                                           "met": v["overhead_x_bare_b1"] <= 1.5} for endpoint, v in low.items()},
     }
+    if args.overhead_rounds > 0:
+        result["monitor_overhead"] = monitor_overhead(args, result["runtime"]["backend"], raw, name)
+        result["monitor_overhead"]["observer_cost"] = observer_cost(runtime, model_dir, pixels, 16, args.repeats)
     return result
 
 
+def overhead_table(overhead: dict) -> str:
+    rows = [[arm, overhead["images_per_s"][arm], len(segments), sum(s["requests"] for s in segments),
+             " / ".join(str(s["images_per_s"]) for s in segments), sum(sum(s["errors"].values()) for s in segments),
+             " / ".join(str(s["load_average_1min"]) for s in segments)]
+            for arm, segments in overhead["segments"].items()]
+    table = benchlib.markdown_table(["monitoring", "images/s", "segments", "requests", "images/s per segment",
+                                     "errors", "load average per segment"], rows)
+    interval, cost = overhead["interval_95"], overhead["observer_cost"]
+    return (f"{table}\n\non / off: {overhead['on_vs_off']} (95% interval {interval['on']}; target >= 0.95); on with "
+            f"--monitor-dir / off: {overhead['on_dir_vs_off']} ({interval['on+dir']})\nthe monitor's time per batch of "
+            f"{cost['batch']} one-image requests: {cost['observer_ms']} ms against the model's {cost['model_ms']} ms "
+            f"({cost['observer_x_model']} x)")
+
+
 def tables(result: dict) -> str:
+    if "low_load" not in result:
+        return f"runtime: {result['runtime']}\n\n{overhead_table(result['monitor_overhead'])}"
     low, load, bare = result["low_load"], result["load"], result["bare"]
     rows = [[e, v["requests"], v["latency_ms"]["p50"], v["latency_ms"]["p99"], v["bare_b1_ms"], v["decode_ms"],
              v["overhead_ms"], v["overhead_x_bare_b1"], v["server_ms"]["success"], v["server_ms"]["compute_infer"],
@@ -314,7 +419,8 @@ def tables(result: dict) -> str:
           f"{bare['mean_batch']['images_per_s']} (b{bare['mean_batch']['batch']})", bare["b1"]["images_per_s"],
           bare["b64"]["images_per_s"], t["vs_bare_at_mean_batch"]["value"], t["vs_batch1_serving_scaled"]["value"],
           f"{load['rss_mb_samples'][0]} / {load['rss_mb_samples'][-1]}"]])
-    return f"runtime: {result['runtime']}\n\n{first}\n\n{second}"
+    extra = f"\n\n{overhead_table(result['monitor_overhead'])}" if "monitor_overhead" in result else ""
+    return f"runtime: {result['runtime']}\n\n{first}\n\n{second}{extra}"
 
 
 def main() -> None:
@@ -326,6 +432,9 @@ def main() -> None:
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
     parser.add_argument("--runtime", default="auto", help="the server's --runtime")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per bare figure")
+    parser.add_argument("--overhead-rounds", type=int, default=2, help="step 4's rounds (0: skip it)")
+    parser.add_argument("--segment-seconds", type=float, default=20.0, help="step 4: load per server and round")
+    parser.add_argument("--only-monitor-overhead", action="store_true", help="run step 4 only")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     args = parser.parse_args()
     result = run(args)

@@ -1,6 +1,6 @@
 """Small real fixtures built in the tests: image trees, archives, CIFAR-format batches, IDX files; and crafted bad
 files: archives cut short or with a bad checksum, zips with what zipfile will not write, and bombs that are small
-on disk and cheap to build (one compressed block written many times)."""
+on disk and cheap to build (one compressed block written many times); and a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pickle
 import struct
 import tarfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +250,66 @@ def refusal(src, *words: str, **kwargs) -> str:
     assert "\n" not in message and str(src) in message, message
     assert all(w in message for w in words), message
     return message
+
+
+@contextmanager
+def serving(config, api_key: str | None = None, models=None):
+    """A real uvicorn on 127.0.0.1 (a free port) in a thread, serving config's models (or `models`, already
+    loaded); yields (url, models) and stops it gracefully (the app's shutdown runs) on leaving."""
+    import threading
+    import time
+
+    from gpuvision.serve.app import build_app
+    from gpuvision.serve.repository import open_models
+    from gpuvision.serve.transport import listen, make_server
+
+    models = models or open_models(config)
+    sock = listen("127.0.0.1", 0)
+    server = make_server(build_app(models, config, api_key))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        assert server.started, "the server did not start within 30 s"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", models
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def read_line(stream, seconds: float) -> str:
+    """The next line of a pipe, waiting at most `seconds`."""
+    import threading
+
+    line = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return line[0] if line else ""
+
+
+@contextmanager
+def serve_process(args: list[str], log: Path):
+    """`gpuvision serve ARGS --port 0 --json` as a user runs it, in its own process (stderr to `log`, not an
+    unread pipe that could fill and stall it); yields (process, its ready line) and kills it if still running."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "gpuvision", "serve", *args, "--port", "0", "--json"],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    try:
+        line = read_line(process.stdout, 180)
+        assert line, f"gpuvision serve printed no ready line (exit code {process.poll()}): {log.read_text()[-2000:]}"
+        yield process, json.loads(line)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)

@@ -91,6 +91,44 @@ class Encryption:
     plaintext: dict
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What the model did on its test split, measured when its directory was made (by the Trainer, and again by
+    `compress` for each variant, on the same split): what serving compares production traffic with.
+
+    Histograms count over `bins` equal bins of 0..1. `predicted` (test images predicted as each class) and
+    `recall` (per class) are in class order; both are None in manifests written before they were recorded, as is
+    `runtime` (the `backend-precision` measured)."""
+
+    n: int
+    accuracy: float
+    confidence_histogram: list
+    brightness_histogram: list
+    split: str = "test"
+    tta: bool = False  # measured with the recipe's test-time augmentation
+    bins: int = 20
+    predicted: list | None = None
+    recall: list | None = None
+    runtime: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, classes: int) -> Reference:
+        """A manifest's `reference`, checked; keys it does not know (an older or newer writer's) are dropped."""
+        _check(isinstance(d, dict), "reference must be an object")
+        ref = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        _check(isinstance(ref.n, int) and ref.n >= 0 and isinstance(ref.accuracy, int | float)
+               and 0 <= ref.accuracy <= 1 and isinstance(ref.bins, int) and ref.bins >= 1
+               and isinstance(ref.tta, bool) and isinstance(ref.split, str)
+               and _counts(ref.confidence_histogram, ref.bins) and _counts(ref.brightness_histogram, ref.bins)
+               and (ref.predicted is None or _counts(ref.predicted, classes))
+               and (ref.recall is None or (isinstance(ref.recall, list) and len(ref.recall) == classes
+                                           and all(isinstance(r, int | float) and 0 <= r <= 1 for r in ref.recall)))
+               and (ref.runtime is None or isinstance(ref.runtime, str)),
+               "reference must be {n, accuracy in 0..1, tta, bins, two histograms of `bins` counts, predicted and "
+               "recall per class}")
+        return ref
+
+
 @dataclass
 class Manifest:
     """What a model directory holds and how to run it; fields are typed and validated when read."""
@@ -104,7 +142,7 @@ class Manifest:
     inference: Inference = field(default_factory=Inference)
     training: Training | None = None
     tta_level: int = 0
-    reference: dict | None = None  # test-split figures serving compares production with (runtime/reference.py)
+    reference: Reference | None = None  # test-split figures serving compares production with (runtime/reference.py)
     seed: int = 0
     settings: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
@@ -147,6 +185,11 @@ def _check(condition: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def _counts(value, size: int) -> bool:
+    return isinstance(value, list) and len(value) == size and all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value)
+
+
 def _is_name(name) -> bool:
     """A plain relative file name inside the directory: no absolute path, no '..', no backslash tricks."""
     if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
@@ -183,13 +226,13 @@ def _parse(d: dict) -> Manifest:
            f"encryption must be {{scheme: {aead.SCHEME}, key_id, plaintext: {{each listed file: sha256}}}}")
     tta = d.get("tta_level", 0)
     _check(tta in (0, 1, 2), "tta_level must be 0, 1 or 2")
-    for key, kind in (("reference", dict), ("compression", dict)):
-        _check(d.get(key) is None or isinstance(d[key], kind), f"{key} must be an object")
+    _check(d.get("compression") is None or isinstance(d["compression"], dict), "compression must be an object")
+    reference = Reference.from_dict(d["reference"], len(classes)) if d.get("reference") is not None else None
     for key in ("settings", "recipe", "metrics", "versions"):
         _check(isinstance(d.get(key, {}), dict), f"{key} must be an object")
     return Manifest(format=fmt, weights=weights, architecture=arch, classes=classes,
                     input=InputSpec.from_dict(d["input"]), split=split, inference=inference, training=training,
-                    tta_level=tta, reference=d.get("reference"), seed=d.get("seed", 0),
+                    tta_level=tta, reference=reference, seed=d.get("seed", 0),
                     settings=d.get("settings", {}), recipe=d.get("recipe", {}), params=d.get("params"),
                     flops=d.get("flops"), metrics=d.get("metrics", {}), compression=d.get("compression"),
                     versions=d.get("versions", {}), created=d.get("created", ""), files=files, encryption=encryption,

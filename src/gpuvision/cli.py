@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         EvaluateConfig,
         ExportConfig,
         KeysConfig,
+        MonitorConfig,
         PredictConfig,
         ServeConfig,
         SignConfig,
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                     ServeConfig)
     serve.add_argument("models", nargs="*", metavar="MODEL", help="a model directory: DIR or NAME=DIR")
     add_access_flags(serve)
+    monitor = command("monitor", "a running server's models: production against test (live accuracy, drift, "
+                      "latency)", MonitorConfig)
+    monitor.add_argument("url", metavar="URL", help="the server, e.g. http://127.0.0.1:8000")
     data = commands.add_parser("data", help="look at a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     inspect = data_commands.add_parser("inspect", help="classes, counts, sizes, unreadable files, split sizes")
@@ -183,7 +187,7 @@ def run_train(args) -> int:
                "device": m.training.device, "precision": m.training.precision, "model": m.architecture["name"],
                "classes": m.classes, "split": m.split.sizes, "val_source": m.split.val_source,
                "test_source": m.split.test_source, "metrics": m.metrics,
-               "reference_accuracy": m.reference["accuracy"]}
+               "reference_accuracy": m.reference.accuracy if m.reference else None}
     val = m.metrics.get("val_accuracy")
     human = (f"model saved to {result.model_dir} ({m.architecture['name']}, {m.training.device}, "
              f"{m.training.precision}, {result.seconds:.1f} s" +
@@ -298,6 +302,18 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_monitor(args) -> int:
+    from .config import MonitorConfig
+    from .serve.client import monitor_reports, table
+
+    reports = monitor_reports(config_from_args(MonitorConfig, args, url=args.url))
+    if args.json:
+        _emit({"schema_version": 1, "models": reports}, True, "")
+    else:
+        print(table(reports))
+    return 0
+
+
 def run_keys(args) -> int:
     from .config import KeysConfig
     from .crypto.keys import generate
@@ -366,9 +382,9 @@ def run_bench(args) -> int:
 
 
 COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
-            "compress": run_compress, "export": run_export, "serve": run_serve, "keys": run_keys, "sign": run_sign,
-            "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt, "doctor": run_doctor,
-            "bench": run_bench}
+            "compress": run_compress, "export": run_export, "serve": run_serve, "monitor": run_monitor,
+            "keys": run_keys, "sign": run_sign, "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt,
+            "doctor": run_doctor, "bench": run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

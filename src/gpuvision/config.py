@@ -344,6 +344,12 @@ class ServeConfig(Validated):
     ssl_certfile: str | None = setting(None, "TLS certificate (PEM), with --ssl-keyfile")
     ssl_keyfile: str | None = setting(None, "TLS private key (PEM), with --ssl-certfile")
     tta: bool = setting(False, "test-time augmentation (the recipe's; several model runs per image)")
+    monitor: bool = setting(True, "watch each model: prediction ids, feedback, live accuracy and drift against its "
+                            "test split")
+    feedback_window: int = setting(100_000, "latest predictions per model that feedback can label and live "
+                                   "accuracy counts over", low=1, high=10_000_000)
+    monitor_dir: str | None = setting(None, "keep each model's prediction window in DIR, so a restarted server "
+                                      "keeps it")
 
     def validate(self) -> ServeConfig:
         import ipaddress
@@ -381,6 +387,22 @@ class BenchConfig(Validated):
     quick: bool = setting(False, "a subset and a few steps per row (about a minute on a CPU; no CPU compile rows)")
     out: str | None = setting(None, "report directory (default: runs/bench-<timestamp>)")
     profile: bool = setting(False, "also save a torch.profiler trace of a few training steps per device")
+
+
+@dataclass
+class MonitorConfig(Validated):
+    """Settings of `gpuvision monitor`: which server, which model, and the key it needs."""
+
+    url: str = setting(help="the server's URL, e.g. http://127.0.0.1:8000", flag=False)
+    model: str | None = setting(None, "only this model (default: every model the server has)")
+    api_key_file: str | None = setting(None, "file holding the server's API key")
+    timeout: float = setting(10.0, "seconds to wait for the server", low=0, high=600, low_open=True)
+
+    def validate(self) -> MonitorConfig:
+        super().validate()
+        require(self.url.startswith(("http://", "https://")), f"URL {self.url!r}: give http://HOST:PORT or "
+                "https://HOST:PORT", BadInput)
+        return self
 
 
 def read_config_file(path: str, config_type=TrainConfig) -> dict:

@@ -118,6 +118,20 @@ def test_variants_are_regular_model_directories(compressed, cifar_model, cifar_s
         assert len(top) == 3 and {t["class"] for t in top} <= set(manifest.classes)
 
 
+def test_each_variant_records_its_own_reference(compressed, cifar_model):
+    """Measured again on the parent's test split, on the variant's own runtime: not the parent's figures."""
+    _, rows = compressed
+    parent = ModelDir.open(cifar_model).manifest.reference
+    int8 = ModelDir.open(rows["int8"]["dir"]).manifest.reference
+    assert (int8.accuracy, int8.confidence_histogram) != (parent.accuracy, parent.confidence_histogram)
+    assert int8.runtime == "onnxruntime-int8" and not int8.tta and int8.n == parent.n
+    assert int8.brightness_histogram == parent.brightness_histogram  # the same test images
+    assert int8.accuracy == gpuvision.evaluate(rows["int8"]["dir"], tta=False)["accuracy"]
+    for name in ROWS[2:]:
+        manifest = ModelDir.open(rows[name]["dir"]).manifest
+        assert manifest.reference.runtime == manifest.inference.name and sum(manifest.reference.predicted) == int8.n
+
+
 def test_manifest_records_parent_and_steps(compressed, cifar_model):
     _, rows = compressed
     chained = ModelDir.open(rows["prune+int8"]["dir"]).manifest.compression

@@ -23,8 +23,9 @@ def test_manifest_describes_the_model(digits_model):
     assert sorted(p.name for p in digits_model.iterdir()) == sorted([*m.files, "manifest.json"])
     assert m.classes == [str(i) for i in range(10)] and m.input.size == (8, 8) and m.input.channels == 1
     assert m.split.source == "digits" and m.split.test_source == "carved" and m.seed == 0
-    assert m.reference["n"] == m.split.sizes["test"] and len(m.reference["confidence_histogram"]) == 20
-    assert sum(m.reference["brightness_histogram"]) == m.split.sizes["test"]
+    assert m.reference.n == m.split.sizes["test"] and len(m.reference.confidence_histogram) == 20
+    assert sum(m.reference.brightness_histogram) == m.split.sizes["test"] == sum(m.reference.predicted)
+    assert not m.reference.tta and m.reference.runtime == "eager-fp32" and len(m.reference.recall) == len(m.classes)
     net = create_model(m.architecture["name"], **m.architecture["args"])
     net.load_state_dict(load_safetensors(model_dir.read("model.safetensors")))
     assert count_params(net) == m.params

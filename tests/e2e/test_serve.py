@@ -5,50 +5,25 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import serve_process
 
 from gpuvision.cli import main
 
 pytest.importorskip("fastapi")
 triton = pytest.importorskip("tritonclient.http")
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def read_line(stream, seconds: float) -> str:
-    """The next line of a pipe, waiting at most `seconds`."""
-    line = []
-    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(seconds)
-    return line[0] if line else ""
-
 
 @pytest.fixture(scope="module")
 def server(digits_model, tmp_path_factory):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("serve") / "stderr.txt"
-    with open(log, "w") as stderr:  # a file, not a pipe nobody reads, which could fill and stall the server
-        process = subprocess.Popen([sys.executable, "-m", "gpuvision", "serve", f"digits={digits_model}", "--port",
-                                    "0", "--device", "cpu", "--runtime", "eager", "--json"],
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    try:
-        line = read_line(process.stdout, 180)
-        assert line, f"gpuvision serve printed no ready line (exit code {process.poll()}): {log.read_text()[-2000:]}"
-        yield process, json.loads(line)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+    with serve_process([f"digits={digits_model}", "--device", "cpu", "--runtime", "eager"], log) as started:
+        yield started
 
 
 def test_a_stock_triton_client_gets_what_gpuvision_predict_prints(server, digits_model, tmp_path, capsys):

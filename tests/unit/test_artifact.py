@@ -54,6 +54,20 @@ def test_a_version_1_directory_loads_unchanged_and_predicts_as_it_did(tmp_path):
     assert {p.name: p.read_bytes() for p in v1.iterdir()} == before  # read, never rewritten
 
 
+# `reference` as manifests before it was typed wrote it (gpuvision 0.2 up to issue 20)
+OLD_REFERENCE = {"split": "test", "n": 10, "accuracy": 0.7, "tta": False, "bins": 20,
+                 "confidence_histogram": [0] * 19 + [10], "brightness_histogram": [10] + [0] * 19}
+
+
+def test_an_untyped_reference_loads_as_the_typed_one(copy_of):
+    _rewrite(copy_of, lambda m: {**m, "reference": OLD_REFERENCE})
+    reference = ModelDir.open(copy_of).manifest.reference
+    assert reference.accuracy == 0.7 and reference.n == 10 and reference.confidence_histogram[-1] == 10
+    assert reference.predicted is None and reference.recall is None and reference.runtime is None
+    _rewrite(copy_of, lambda m: {**m, "reference": {**OLD_REFERENCE, "from_a_newer_writer": 1}})
+    assert ModelDir.open(copy_of).manifest.reference == reference
+
+
 def test_unknown_manifest_version_is_refused(copy_of):
     _rewrite(copy_of, lambda m: {**m, "schema_version": SCHEMA_VERSION + 1})
     with pytest.raises(Unsupported, match="newer"):
@@ -95,6 +109,10 @@ def test_missing_or_altered_file_is_refused(copy_of, damage):
     (lambda m: {**m, "files": {**m["files"], "/etc/passwd": "0" * 64}}, "files"),
     (lambda m: {**m, "input": {**m["input"], "std": [0.0]}}, "std"),
     (lambda m: {**m, "inference": {"backend": "tensorrt", "precision": "fp32"}}, "inference"),
+    (lambda m: {**m, "reference": {**OLD_REFERENCE, "confidence_histogram": [1] * 19}}, "reference"),
+    (lambda m: {**m, "reference": {**OLD_REFERENCE, "accuracy": 1.5}}, "reference"),
+    (lambda m: {**m, "reference": {**OLD_REFERENCE, "predicted": [1, 2]}}, "reference"),
+    (lambda m: {**m, "reference": "0.9"}, "reference"),
 ])
 def test_malformed_manifests_are_one_clear_error(copy_of, change, words):
     _rewrite(copy_of, change)

@@ -37,6 +37,7 @@ from ..files import memory_workspace
 from ..protect import encrypt_dir
 from ..registry import Registry
 from ..runtime import build_network
+from ..runtime.reference import reference_figures
 
 Event = Callable[..., None]
 METHODS: Registry[Callable] = Registry("compression method")
@@ -106,9 +107,13 @@ def finish_variant(ctx: Context, parent: ModelDir, out: Path, manifest: Manifest
                        versions=library_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        encryption=None)  # made in plaintext from the parent's manifest; encrypted (or not) later
     listed = list(dict.fromkeys([*files, split_file]))
-    row, inference = measure(ctx, out.name.replace("-", "+"), draft(out, manifest, listed))
+    row, inference, runtime = measure(ctx, out.name.replace("-", "+"), draft(out, manifest, listed))
     ctx.rows[row["name"]] = row
-    return replace(manifest, inference=inference)
+    # The parent's reference (or, for a trained variant, its training precision's) is not this variant's: measure
+    # it again on the same test split, without TTA, on the runtime its manifest will name (what evaluate runs).
+    reference = reference_figures(runtime.logits(ctx.test_images), ctx.test_labels, ctx.test_images,
+                                  runtime=runtime.name)
+    return replace(manifest, inference=inference, reference=reference)
 
 
 def write_variant(ctx: Context, parent: ModelDir, out: Path, manifest: Manifest, record: dict,

@@ -57,9 +57,10 @@ def _describe(model_dir: ModelDir, example: torch.Tensor) -> dict:
 
 
 def measure(ctx: Context, name: str, model_dir: ModelDir, only: list[str] | None = None
-            ) -> tuple[dict, Inference]:
+            ) -> tuple[dict, Inference, Runtime]:
     """One report row: the fastest candidate runtime (runtime/choice.py's policy: batch 1 and batch 64 weigh
-    alike), with its latency and accuracy; and that runtime as the manifest's inference setting."""
+    alike), with its latency and accuracy; that runtime as the manifest's inference setting; and the runtime
+    itself."""
     cpu = torch.device("cpu")
     inputs = ctx.inputs(ctx.test_images, model_dir.manifest)
     row = {"name": name, "dir": str(model_dir.path), "format": model_dir.manifest.format,
@@ -82,12 +83,12 @@ def measure(ctx: Context, name: str, model_dir: ModelDir, only: list[str] | None
         gpu_speed = speed(gpu_runtime.run, inputs.to(gpu), ctx.config.latency_repeats, gpu, BATCH)
         row.update(gpu_runtime=gpu_runtime.name, **{f"gpu_{k}": v for k, v in gpu_speed.items()})
     backend, precision = best.split("-")
-    return row, Inference(backend, precision, describe_device(cpu))
+    return row, Inference(backend, precision, describe_device(cpu)), runtimes[best]
 
 
 def measure_originals(ctx: Context) -> list[dict]:
     """The parent's two rows: eager fp32, and its fastest other runtime here."""
-    original, _ = measure(ctx, "original", ctx.parent, only=["eager-fp32"])
+    original = measure(ctx, "original", ctx.parent, only=["eager-fp32"])[0]
     others = [n for n in candidates(ctx.parent, ctx.config.compile, torch.device("cpu")) if n != "eager-fp32"]
     fast = measure(ctx, "original-fast", ctx.parent, only=others)[0] if others else {**original,
                                                                                       "name": "original-fast"}

@@ -1,4 +1,5 @@
-"""The HTTP routes: KServe v2 (+ Triton's statistics), the upload API, /metrics and the OpenAPI document.
+"""The HTTP routes: KServe v2 (+ Triton's statistics), the upload API with feedback and monitoring, /metrics, the
+web page and the OpenAPI document.
 
 Each route only translates: find the model, decode the request (kserve_v2 / upload), submit it to the model's
 batcher, encode the answer. Every error is a JSON `{"error": "..."}` with the status of its kind (errors.py).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -22,9 +23,10 @@ from starlette.exceptions import HTTPException
 from ..config import ServeConfig
 from ..errors import BadInput, NotFound, UserError, require
 from ..version import __version__
-from . import kserve_v2, upload
+from . import kserve_v2, page, upload
 from .batcher import Batcher
 from .metrics import Metrics, ModelStats
+from .monitor import Collector, Monitor, new_ids, parse_feedback, prediction_ids
 from .repository import ServedModel
 from .transport import BodyLimit, check_key, decode_body
 
@@ -39,6 +41,11 @@ class Endpoint:
     served: ServedModel
     batcher: Batcher
     stats: ModelStats
+    monitor: Monitor | None = None
+
+    def monitoring(self) -> Monitor:
+        require(self.monitor is not None, f"model {self.served.name} is served with --no-monitor", NotFound)
+        return self.monitor
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -76,8 +83,14 @@ class Service:
             batcher = Batcher(partial(served.runtime.logits_normalised, tta=config.tta), config.max_batch_size,
                               config.max_wait_ms / 1e3, config.max_queue, config.instances, name=served.name)
             stats = ModelStats(self.metrics, served.name, served.version, lambda b=batcher: b.depth)
-            batcher.on_batch = stats.on_batch
-            self.endpoints[served.name] = Endpoint(served, batcher, stats)
+            batcher.observers.append(stats)
+            monitor = open_monitor(served, config) if config.monitor else None
+            if monitor is not None:
+                batcher.observers.append(monitor)
+            self.endpoints[served.name] = Endpoint(served, batcher, stats, monitor)
+        monitors = [e.monitor for e in self.endpoints.values() if e.monitor is not None]
+        if monitors:
+            self.metrics.registry.register(Collector(monitors))
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -87,6 +100,9 @@ class Service:
         yield
         self.ready = False
         await asyncio.gather(*(endpoint.batcher.stop() for endpoint in self.endpoints.values()))
+        for endpoint in self.endpoints.values():
+            if endpoint.monitor is not None:
+                endpoint.monitor.close()
 
     def find(self, name: str, version: str | None = None) -> Endpoint:
         require(name in self.endpoints, f"no model named {name!r}; this server has {', '.join(self.endpoints)}",
@@ -139,9 +155,10 @@ class Service:
             decoded = await _offload(kserve_v2.decode_request, len(body), body,
                                      request.headers.get(kserve_v2.HEADER_LENGTH), served.runtime.spec,
                                      self.config.max_batch_size)
-            logits = await endpoint.batcher.submit(decoded.x)
-            content, headers = kserve_v2.encode_response(decoded, logits, served.name, served.version,
-                                                         served.runtime.classes)
+            response_id, ids = prediction_ids(decoded.id, len(decoded.x))
+            logits = await endpoint.batcher.submit(decoded.x, decoded.pixels, ids)
+            content, headers = kserve_v2.encode_response(replace(decoded, id=response_id), logits, served.name,
+                                                         served.version, served.runtime.classes, ids)
         return Response(content, headers=headers)
 
     async def predict(self, request: Request, name: str, top_k: int = Query(1, ge=1, le=upload.MAX_TOP_K)) -> dict:
@@ -150,11 +167,30 @@ class Service:
         served = endpoint.served
         with endpoint.stats.request():
             files = await self.files(request)
-            x = await _offload(upload.decode_request, sum(len(d) for _, d in files), files, served.model,
-                               self.config.max_batch_size)
-            logits = await endpoint.batcher.submit(x)
+            pixels, x = await _offload(upload.decode_images, sum(len(d) for _, d in files), files, served.model,
+                                       self.config.max_batch_size)
+            ids = new_ids(len(files))
+            logits = await endpoint.batcher.submit(x, pixels, ids)
             return upload.encode_response([n for n, _ in files], logits, served.runtime.classes, top_k,
-                                          served.name, served.version)
+                                          served.name, served.version, ids)
+
+    async def models(self) -> dict:
+        """The models served: name, version, classes, and whether they are monitored"""
+        return {"models": [{"name": e.served.name, "version": e.served.version, "classes": e.served.runtime.classes,
+                            "monitored": e.monitor is not None} for e in self.endpoints.values()]}
+
+    async def feedback(self, request: Request, name: str) -> dict:
+        """Give a prediction (by its id) its true label: {"id": "...", "label": "<class>"}"""
+        endpoint = self.find(name)
+        prediction_id, label = parse_feedback(self.body(request, await request.body()))
+        return endpoint.monitoring().feedback(prediction_id, label)
+
+    async def monitor(self, name: str) -> dict:
+        """Production against test: live accuracy and drift beside the test split's figures, and serving figures"""
+        endpoint = self.find(name)
+        return {"schema_version": 1, "model": name, "version": endpoint.served.version,
+                "runtime": endpoint.served.runtime.name, "tta": self.config.tta,
+                "serving": endpoint.stats.summary(), **endpoint.monitoring().report()}
 
     async def files(self, request: Request) -> list[tuple[str, bytes]]:
         """The uploaded images, (name, bytes) each."""
@@ -168,6 +204,14 @@ class Service:
                     BadInput)
             files.append((item.filename or f"file-{i}", await item.read()))
         return files
+
+
+def open_monitor(served: ServedModel, config: ServeConfig) -> Monitor:
+    """The monitor of a served model, its window restored from --monitor-dir if kept there."""
+    runtime, manifest = served.runtime, served.model.manifest
+    return Monitor(served.name, served.version, runtime.classes, runtime.spec.mean, runtime.spec.std,
+                   manifest.reference, config.feedback_window, config.monitor_dir, runtime.name,
+                   config.tta and manifest.tta_level > 0)
 
 
 async def _offload(fn, size: int, *args):
@@ -197,6 +241,9 @@ PREDICT_DOC = {"openapi_extra": {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         upload.FIELD: {"type": "array", "items": BINARY["schema"]}}}},
     **dict.fromkeys(IMAGE_TYPES, BINARY)}}}}
+FEEDBACK_DOC = {"openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["id", "label"], "additionalProperties": False,
+    "properties": {"id": {"type": "string"}, "label": {"type": "string"}}}}}}}}
 
 
 def build_app(models: list[ServedModel], config: ServeConfig, api_key: str | None = None) -> FastAPI:
@@ -225,6 +272,12 @@ def build_app(models: list[ServedModel], config: ServeConfig, api_key: str | Non
         _model_routes(private, service, method, suffix, handler, **doc)
     private.add_api_route("/models/{name}/predict", service.predict, methods=["POST"],
                           summary=service.predict.__doc__, **PREDICT_DOC)
+    private.add_api_route("/models", service.models, methods=["GET"], summary=service.models.__doc__)
+    private.add_api_route("/models/{name}/feedback", service.feedback, methods=["POST"],
+                          summary=service.feedback.__doc__, **FEEDBACK_DOC)
+    private.add_api_route("/models/{name}/monitor", service.monitor, methods=["GET"],
+                          summary=service.monitor.__doc__)
+    page.add_routes(public)
     app.include_router(public)
     app.include_router(private)
     return app

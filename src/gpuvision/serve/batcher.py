@@ -5,12 +5,14 @@ oldest and, unless the previous batch was a lone request (the server is idle: wa
 waits until `max_batch` images are queued or the oldest has waited `max_wait` seconds, then runs what fits in
 `max_batch` as one batch (`batch`), calls `predict` in its own thread (the event loop keeps serving), and hands
 each request its rows (`unbatch`). `instances` executors share the queue: one gathers a batch while another runs.
-A full queue refuses the request (503 with Retry-After) instead of growing a backlog.
+A full queue refuses the request (503 with Retry-After) instead of growing a backlog. Once a batch's callers have
+their answers, each of the model's observers (statistics, monitoring) is told of it as a `Batch`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Overloaded(UserError):
@@ -33,6 +37,29 @@ class _Request:
     x: torch.Tensor
     future: asyncio.Future
     queued: float  # time.perf_counter() when it joined the queue
+    pixels: torch.Tensor | None = None
+    ids: list[str] | None = None
+
+
+@dataclass
+class Batch:
+    """One batch run, as observers see it: per request, the normalised images the model ran on, the uint8
+    N x C x H x W pixels they came from (None where the client sent normalised values), the logits, and one
+    prediction id per image (None where the route gave none); the time each request queued and the batch ran."""
+
+    inputs: list[torch.Tensor]
+    pixels: list[torch.Tensor | None]
+    outputs: list[torch.Tensor]
+    ids: list[list[str] | None]
+    queue_seconds: list[float]
+    compute_seconds: float
+
+    @property
+    def images(self) -> int:
+        return sum(len(x) for x in self.inputs)
+
+
+Observer = Callable[[Batch], None]
 
 
 def batch(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -46,13 +73,13 @@ def unbatch(y: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
 
 
 class Batcher:
-    """The queue and executors of one model. `on_batch(requests, images, queue_seconds, compute_seconds)` is told of
-    every batch run, for statistics."""
+    """The queue and executors of one model. Each of `observers` is called with every batch run (a `Batch`), on
+    the event loop, after its callers have their answers."""
 
     def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], max_batch: int, max_wait_s: float,
-                 max_queue: int, instances: int = 1, on_batch: Callable | None = None, name: str = "model"):
+                 max_queue: int, instances: int = 1, observers: list[Observer] = (), name: str = "model"):
         self.predict, self.max_batch, self.max_wait, self.max_queue = predict, max_batch, max_wait_s, max_queue
-        self.instances, self.on_batch, self.name = instances, on_batch, name
+        self.instances, self.observers, self.name = instances, list(observers), name
         self._queue: deque[_Request] = deque()
         self._images = 0
         self._arrived = asyncio.Event()
@@ -83,11 +110,13 @@ class Batcher:
             self._queue.popleft().future.cancel()
         self._workers, self._pools = [], []
 
-    async def submit(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output for one request's images (at most max_batch of them)."""
+    async def submit(self, x: torch.Tensor, pixels: torch.Tensor | None = None, ids: list[str] | None = None
+                     ) -> torch.Tensor:
+        """The model's output for one request's images (at most max_batch of them); `pixels` (uint8, before
+        normalisation) and `ids` (one per image) are for the observers only."""
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"model {self.name}: {self.max_queue} requests are waiting already; retry shortly")
-        request = _Request(x, asyncio.get_running_loop().create_future(), time.perf_counter())
+        request = _Request(x, asyncio.get_running_loop().create_future(), time.perf_counter(), pixels, ids)
         self._queue.append(request)
         self._images += len(x)
         self._arrived.set()
@@ -141,5 +170,13 @@ class Batcher:
             for r, y in zip(requests, outputs):
                 if not r.future.done():
                     r.future.set_result(y)
-            if self.on_batch is not None:
-                self.on_batch(len(requests), sum(sizes), [started - r.queued for r in requests], finished - started)
+            if self.observers:
+                self._tell(Batch([r.x for r in requests], [r.pixels for r in requests], outputs,
+                                 [r.ids for r in requests], [started - r.queued for r in requests], finished - started))
+
+    def _tell(self, batch: Batch) -> None:
+        for observer in self.observers:
+            try:
+                observer(batch)
+            except Exception:  # a bug in an observer must not stop the executor: its callers were answered
+                log.exception("model %s: observer %s failed", self.name, observer)

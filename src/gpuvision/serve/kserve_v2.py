@@ -44,6 +44,7 @@ class InferRequest:
     x: torch.Tensor
     outputs: list[Output]
     id: str | None = None
+    pixels: torch.Tensor | None = None  # the uint8 N x C x H x W pixels x came from (None for FP32 input)
 
 
 def _object(value, what: str) -> dict:
@@ -75,14 +76,15 @@ def decode_request(body: bytes, header_length: str | None, spec: InputSpec, max_
     inputs = doc.get("inputs")
     require(isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict),
             f"`inputs` must hold exactly one tensor, named {INPUT!r}", BadInput)
-    x, used = _input(inputs[0], data, spec, max_batch)
+    x, used, pixels = _input(inputs[0], data, spec, max_batch)
     require(used == len(data), f"the body has {len(data) - used} bytes of binary data that no tensor claims",
             BadInput)
-    return InferRequest(x, _outputs(doc), request_id)
+    return InferRequest(x, _outputs(doc), request_id, pixels)
 
 
-def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int) -> tuple[torch.Tensor, int]:
-    """The input tensor, normalised, and the bytes of binary data it used."""
+def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int
+           ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """The input tensor, normalised, the bytes of binary data it used, and its uint8 pixels (None for FP32)."""
     c, (h, w) = spec.channels, spec.size
     layouts = {"UINT8": ("N, H, W, C pixels", [h, w, c]), "FP32": ("N, C, H, W normalised", [c, h, w])}
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
@@ -106,11 +108,11 @@ def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int) -> tuple[
     array = array.reshape(shape)
     if datatype == "FP32":
         require(bool(np.isfinite(array).all()), "FP32 input holds NaN or infinity", BadInput)
-        return torch.from_numpy(array), size
+        return torch.from_numpy(array), size, None
     # The strides the runtime was warmed up with: a compiled backend guards on exact strides, and a permuted grey
     # batch (C = 1) is "contiguous" to .contiguous() with other strides: a multi-second recompile per batch size.
-    x = normalise(torch.from_numpy(array).permute(0, 3, 1, 2), spec)
-    return x.clone(memory_format=torch.contiguous_format), size
+    pixels = torch.from_numpy(array).permute(0, 3, 1, 2)
+    return normalise(pixels, spec).clone(memory_format=torch.contiguous_format), size, pixels
 
 
 def _json_data(data, dtype: np.dtype, count: int) -> np.ndarray:
@@ -146,9 +148,10 @@ def _outputs(doc: dict) -> list[Output]:
     return outputs
 
 
-def encode_response(request: InferRequest, logits: torch.Tensor, model: str, version: str, classes: list[str]
-                    ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers: JSON, or a JSON header followed by binary tensors."""
+def encode_response(request: InferRequest, logits: torch.Tensor, model: str, version: str, classes: list[str],
+                    prediction_ids: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, or a JSON header followed by binary tensors; `prediction_ids`
+    (one per image, for feedback) go in the response's parameters."""
     values = {"logits": logits, "probabilities": torch.softmax(logits, dim=1)}
     entries, blobs = [], []
     for out in request.outputs:
@@ -171,6 +174,8 @@ def encode_response(request: InferRequest, logits: torch.Tensor, model: str, ver
     doc = {"model_name": model, "model_version": version, "outputs": entries}
     if request.id is not None:
         doc["id"] = request.id
+    if prediction_ids is not None:
+        doc["parameters"] = {"prediction_ids": prediction_ids}
     header = json.dumps(doc).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
@@ -205,4 +210,6 @@ INFER_REQUEST_SCHEMA = {
 INFER_RESPONSE_SCHEMA = {
     "type": "object", "required": ["model_name", "outputs"],
     "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+                   "parameters": {"type": "object", "properties": {"prediction_ids": {
+                       "type": "array", "items": {"type": "string"}}}},
                    "outputs": {"type": "array", "items": _TENSOR}}}

@@ -7,13 +7,17 @@ and version. The exec/inference count ratio is the mean batch size the server fo
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .batcher import Batch
+
 PREFIX = "gpuvision_inference"
+RECENT = 10_000  # requests whose latency `summary` takes percentiles over
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 
 
@@ -55,6 +59,7 @@ class ModelStats:
         self.last_inference_ms = 0
         self.totals = defaultdict(lambda: [0, 0.0])  # success, fail, queue, compute -> [count, seconds]
         self.batches = defaultdict(lambda: [0, 0.0])  # batch size -> [count, compute seconds]
+        self.recent: deque[float] = deque(maxlen=RECENT)  # seconds of the latest successful requests
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -66,18 +71,21 @@ class ModelStats:
             self._add("fail", time.perf_counter() - started)
             self._failure.inc()
             raise
-        self._add("success", time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._add("success", seconds)
+        self.recent.append(seconds)
         self._success.inc()
 
-    def on_batch(self, requests: int, images: int, queue_seconds: list[float], compute_seconds: float) -> None:
-        """Record one batch run (the Batcher's callback)."""
+    def __call__(self, batch: Batch) -> None:
+        """Record one batch run (an observer of the model's Batcher)."""
+        requests, images, compute_seconds = len(batch.inputs), batch.images, batch.compute_seconds
         self.inference_count += images
         self.execution_count += 1
         self.last_inference_ms = int(time.time() * 1e3)
         self._inferences.inc(images)
         self._executions.inc()
         self._compute.observe(compute_seconds)
-        for seconds in queue_seconds:
+        for seconds in batch.queue_seconds:
             self._queue.observe(seconds)
             self._add("queue", seconds)
         self._add("compute_infer", compute_seconds * requests, requests)  # as Triton: each request its batch's time
@@ -89,6 +97,16 @@ class ModelStats:
         total = self.totals[key]
         total[0] += count
         total[1] += seconds
+
+    def summary(self) -> dict:
+        """Requests answered and failed, images, the mean batch, and p50/p99 latency (ms, in the server, over the
+        latest RECENT requests)."""
+        ms = np.array(self.recent) * 1e3
+        latency = {f"p{q}": round(float(np.percentile(ms, q)), 3) if len(ms) else None for q in (50, 99)}
+        return {"requests": self.totals["success"][0] if "success" in self.totals else 0,
+                "failures": self.totals["fail"][0] if "fail" in self.totals else 0, "images": self.inference_count,
+                "mean_batch": round(self.inference_count / self.execution_count, 2) if self.execution_count else None,
+                "latency_ms": latency}
 
     def triton(self) -> dict:
         """This model's entry of Triton's statistics extension (`model_stats`)."""

@@ -18,6 +18,11 @@ MAX_TOP_K = 100_000
 
 def decode_request(files: list[tuple[str, bytes]], model: Model, max_batch: int) -> torch.Tensor:
     """Image files (name, bytes) as the model's normalised fp32 N x C x H x W batch."""
+    return decode_images(files, model, max_batch)[1]
+
+
+def decode_images(files: list[tuple[str, bytes]], model: Model, max_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image files (name, bytes) as uint8 N x C x H x W pixels and as the model's normalised fp32 batch."""
     require(bool(files), f"no image: send multipart field {FIELD!r} (repeatable) or one image as the body",
             BadInput)
     require(len(files) <= max_batch, f"{len(files)} images in one request; at most {max_batch} (--max-batch-size)",
@@ -28,14 +33,17 @@ def decode_request(files: list[tuple[str, bytes]], model: Model, max_batch: int)
         require(array is not None, f"{name}: not a readable image (not an image, truncated, or over "
                 f"{MAX_IMAGE_PIXELS:,} pixels); send a PNG or JPEG", BadInput)
         arrays.append(array)
-    return normalise(model.prepare(arrays), model.spec)
+    pixels = torch.from_numpy(model.prepare(arrays))
+    return pixels, normalise(pixels, model.spec)
 
 
 def encode_response(names: list[str], logits: torch.Tensor, classes: list[str], top_k: int, model: str,
-                    version: str) -> dict:
-    """The CLI `predict` JSON for these images, each prediction with an id; the model by name and version."""
+                    version: str, ids: list[str] | None = None) -> dict:
+    """The CLI `predict` JSON for these images, each prediction with an id (new ones unless given: feedback names
+    a prediction by it); the model by name and version."""
     values, indices = torch.softmax(logits, dim=1).topk(min(top_k, len(classes)), dim=1)
-    predictions = [{"id": uuid.uuid4().hex, "image": name,
-                    "top": [{"class": classes[i], "probability": float(v)} for v, i in zip(vs, ix)]}
-                   for name, vs, ix in zip(names, values.tolist(), indices.tolist())]
+    ids = ids or [uuid.uuid4().hex for _ in names]
+    predictions = [{"id": i, "image": name,
+                    "top": [{"class": classes[c], "probability": float(v)} for v, c in zip(vs, ix)]}
+                   for i, name, vs, ix in zip(ids, names, values.tolist(), indices.tolist())]
     return {"schema_version": 1, "model": model, "model_version": version, "predictions": predictions}

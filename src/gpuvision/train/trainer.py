@@ -31,6 +31,7 @@ from ..artifact import (
     WEIGHT_FILES,
     Inference,
     Manifest,
+    Reference,
     SplitRecord,
     Training,
     library_versions,
@@ -399,7 +400,7 @@ class Trainer:
             atomic_write(self.out / METRICS_FILE, lambda p: Path(p).write_text("".join(lines)))
 
     # --------------------------------------------------------------------------------------------- model directory
-    def reference(self) -> dict:
+    def reference(self) -> Reference | None:
         """The test-split figures serving compares production with: accuracy (no TTA), confidence, brightness;
         every process scores its block of the test split, rank 0 computes the figures from all of them."""
         runtime = EagerRuntime(self.model, self.spec, self.images.classes, 0, self.device, self.precision)
@@ -407,7 +408,7 @@ class Trainer:
         mine = self.split.test[block.start : block.stop]
         logits = distributed.all_rows(runtime.logits(self.images.images[mine]).to(self.device)).cpu()
         pixels, labels = self.images.images[self.split.test], self.images.labels[self.split.test]
-        return reference_figures(logits, labels, pixels) if self.world.main else {}
+        return reference_figures(logits, labels, pixels, runtime=runtime.name) if self.world.main else None
 
     def save_model(self) -> Manifest:
         """Write the weights, then manifest.json (last, vouching for every file), then drop the checkpoints (rank 0;

@@ -210,3 +210,62 @@ def test_no_5xx_from_schemathesis_over_the_openapi_document(served):
 def test_ready_model_parameters_say_which_runtime_and_why(served):
     response = httpx.get(f"{served.url}/v2/models/digits", headers=served.headers).json()
     assert response["parameters"]["runtime_choice"] == "asked" and response["parameters"]["precision"] == "fp32"
+
+
+def test_every_prediction_has_an_id_that_feedback_labels_once(served):
+    url, headers = served.url, served.headers
+    infer = f"{url}/v2/models/digits/infer"
+    anonymous = httpx.post(infer, json=uint8_request(digits(1)), headers=headers).json()
+    assert len(anonymous["id"]) == 32 and anonymous["parameters"]["prediction_ids"] == [anonymous["id"]]
+    named = httpx.post(infer, json={**uint8_request(digits(3)), "id": "batch-7"}, headers=headers).json()
+    assert named["id"] == "batch-7" and named["parameters"]["prediction_ids"] == ["batch-7/0", "batch-7/1", "batch-7/2"]
+    uploaded = httpx.post(f"{url}/models/digits/predict", content=png(digits(1)[0]),
+                          headers={**headers, "Content-Type": "image/png"}).json()["predictions"][0]
+
+    feedback = f"{url}/models/digits/feedback"
+    predicted = int(np.argmax(named["outputs"][0]["data"][10:20]))  # the second image's logits
+    answer = httpx.post(feedback, json={"id": "batch-7/1", "label": str(predicted)}, headers=headers)
+    assert answer.status_code == 200 and answer.json() == {"id": "batch-7/1", "label": str(predicted),
+                                                           "predicted": str(predicted), "correct": True}
+    assert httpx.post(feedback, json={"id": uploaded["id"], "label": "3"}, headers=headers).json()["correct"] == (
+        uploaded["top"][0]["class"] == "3")
+    cases = [({"id": "batch-7/1", "label": "0"}, 409), ({"id": "no-such-id", "label": "0"}, 404),
+             ({"id": anonymous["id"], "label": "cat"}, 400), ({"id": anonymous["id"]}, 400),
+             ({"id": [anonymous["id"]], "label": "0"}, 400), ("not an object", 400)]
+    for body, status in cases:
+        response = httpx.post(feedback, json=body, headers=headers)
+        assert response.status_code == status and isinstance(response.json()["error"], str), (body, response.text)
+    for content in (b"{broken", b"", b"\xff\xfe"):
+        response = httpx.post(feedback, content=content, headers=headers)
+        assert response.status_code == 400 and "error" in response.json()
+    assert httpx.post(f"{url}/models/nope/feedback", json={"id": "x", "label": "0"}, headers=headers).status_code == 404
+    assert httpx.post(feedback, json={"id": "x", "label": "0"}).status_code == 401
+
+
+def test_the_monitor_route_and_metrics_report_the_window(served):
+    url, headers = served.url, served.headers
+    httpx.post(f"{url}/v2/models/digits/infer", json=uint8_request(digits(4)), headers=headers)
+    report = httpx.get(f"{url}/models/digits/monitor", headers=headers).json()
+    assert report["model"] == "digits" and report["version"] == served.models[0].version
+    assert report["window"]["predictions"] >= 4 and report["serving"]["requests"] >= 1
+    assert report["serving"]["latency_ms"]["p50"] > 0 and report["serving"]["mean_batch"] >= 1
+    # the untrained fixture model was made without a reference: nothing to compare with, and it says so
+    assert report["accuracy"]["verdict"] == "no reference" and report["reference"] is None and report["notes"]
+    assert report["drift"]["brightness"]["state"] == "no reference"
+    assert httpx.get(f"{url}/models", headers=headers).json()["models"][0]["classes"] == [str(i) for i in range(10)]
+    text = httpx.get(f"{url}/metrics", headers=headers).text
+    version = served.models[0].version
+    assert f'gpuvision_monitor_window_predictions{{model="digits",version="{version}"}}' in text
+    assert f'gpuvision_monitor_psi{{model="digits",signal="brightness",version="{version}"}} NaN' in text
+
+
+def test_the_page_needs_no_key_and_runs_only_its_own_files(served):
+    page = httpx.get(served.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"] and "<script src=" in page.text
+    assert "http" not in page.text.replace('content="width=device-width', "")  # nothing fetched from elsewhere
+    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        response = httpx.get(f"{served.url}/page/{name}")
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
+    assert httpx.get(f"{served.url}/page/../app.py").status_code == 404
+    assert httpx.get(f"{served.url}/models").status_code == 401  # the page asks for the key for the API

@@ -40,13 +40,13 @@ async def submit_all(batcher: Batcher, xs: list[torch.Tensor]) -> list:
 def test_concurrent_requests_are_batched_up_to_the_limit_and_each_gets_its_rows():
     model, seen = Model(), []
     batcher = Batcher(model, max_batch=8, max_wait_s=0.5, max_queue=64, instances=2,
-                      on_batch=lambda *a: seen.append(a), name="m")
+                      observers=[seen.append], name="m")
     xs = [torch.full((1 + i % 3, 2), float(i)) for i in range(16)]  # 1 to 3 images a request
     images = sum(len(x) for x in xs)
     outs = run(submit_all(batcher, xs))
     assert all(torch.equal(out, x * 2) for out, x in zip(outs, xs))
     assert len(model.sizes) < len(xs) and max(model.sizes) <= 8 and sum(model.sizes) == images
-    assert sum(n for _, n, _, _ in seen) == images and len(seen) == len(model.sizes)
+    assert sum(batch.images for batch in seen) == images and len(seen) == len(model.sizes)
     assert len(model.threads) == 2  # both executors ran batches
 
 
@@ -86,3 +86,33 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
             await batcher.stop()
 
     assert torch.equal(run(scenario()), torch.ones(1, 2))
+
+
+def test_observers_see_pixels_outputs_and_ids_and_a_failing_one_stops_nothing():
+    seen = []
+
+    def broken(batch):
+        raise RuntimeError("an observer's bug")
+
+    batcher = Batcher(Model(0.01), max_batch=8, max_wait_s=0.2, max_queue=64, observers=[broken, seen.append])
+    pixels = [torch.full((2, 1, 2, 2), i, dtype=torch.uint8) for i in range(3)]
+
+    async def scenario():
+        batcher.start()
+        try:
+            first = await asyncio.gather(*(batcher.submit(p.float(), p, [f"{i}a", f"{i}b"])
+                                           for i, p in enumerate(pixels)))
+            return first, await batcher.submit(torch.ones(1, 1, 2, 2))  # still serving after the bug
+        finally:
+            await batcher.stop()
+
+    outs, last = run(scenario())
+    assert torch.equal(last, torch.full((1, 1, 2, 2), 2.0))
+    batches = [b for b in seen if b.ids[0] is not None]
+    assert sum(b.images for b in batches) == 6
+    for batch in batches:
+        for x, p, y, ids in zip(batch.inputs, batch.pixels, batch.outputs, batch.ids):
+            i = int(p[0, 0, 0, 0])
+            assert torch.equal(p, pixels[i]) and torch.equal(x, p.float()) and torch.equal(y, outs[i])
+            assert ids == [f"{i}a", f"{i}b"]
+    assert seen[-1].pixels == [None] and seen[-1].ids == [None]
