@@ -35,11 +35,13 @@ def test_auto_precision_on_the_cpu_follows_the_measured_rates(monkeypatch, figur
 def test_a_model_measured_slower_in_bf16_does_not_get_it(monkeypatch):
     """The matmul probe says bf16 is fast, but `bench` measured this model slower in bf16: auto follows bench."""
     rates = {"fp32/channels_last": 300.0, "bf16/channels_last": 250.0, "fp32/nchw": 200.0}
-    measured_as(monkeypatch, {**AMX, "training": {"fastnet": rates}})
-    precision, reason = dev.auto_precision(CPU, "fastnet")
+    key = acceleration.workload("fastnet", 32)
+    measured_as(monkeypatch, {**AMX, "training": {key: rates}})
+    precision, reason = dev.auto_precision(CPU, key)
     assert precision == "fp32" and "bench" in reason
-    assert dev.auto_precision(CPU, "resnet18")[0] == "bf16"  # no bench figure for it: the matmul probe decides
-    accel = acceleration.resolve(CPU, model="fastnet")
+    assert dev.auto_precision(CPU, "resnet18@32px")[0] == "bf16"  # no bench figure for it: the matmul probe decides
+    assert dev.auto_precision(CPU, acceleration.workload("fastnet", 8))[0] == "bf16"  # nor for 8 px images
+    accel = acceleration.resolve(CPU, model=key)
     assert accel.precision == "fp32" and accel.channels_last  # 300 channels_last > 200 NCHW in fp32
 
 

@@ -37,6 +37,7 @@ from ..data import ImageSet, load_images
 from ..data.input_spec import InputSpec, normalise
 from ..data.split import stratified_sample
 from ..device import pick_device
+from ..device.acceleration import workload
 from ..device.doctor import versions
 from ..device.hardware import machine
 from ..device.probes import record_training, remeasure
@@ -109,7 +110,7 @@ def bench(config: BenchConfig, on_event: Event | None = None) -> BenchReport:
         report.rows.append(row)
         emit("row_end", index=index, label=label, text=f"skipped: {row.skipped}" if row.skipped else
              f"{row.value:,.2f} {row.unit}")
-    report.recorded = _record(report, work.model)
+    report.recorded = _record(report, workload(work.model, work.args["image_size"]))
     report.load_average["end"], report.seconds = _load(), time.perf_counter() - started
     if config.profile:
         report.files["profiles"] = [str(p) for p in sorted(out.glob("profile-*.json"))]

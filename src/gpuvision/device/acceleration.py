@@ -102,6 +102,12 @@ def auto_precision(device: torch.device, model: str | None = None) -> tuple[str,
     return "fp32", f"bf16 matmul measured no faster than fp32 here (TFLOP/s: {shown})"
 
 
+def workload(model: str, image_size: int) -> str:
+    """The key `gpuvision bench` records a model's rates under, and a training run reads them by: the same network
+    can favour bf16 at 32 px and fp32 at 8 px."""
+    return f"{model}@{image_size}px"
+
+
 def _bench_rates(device: torch.device, model: str | None) -> dict[str, float]:
     """images/s per "precision/layout" that `gpuvision bench` recorded for a model on this machine ({} if none)."""
     rates = measured(device).get("training", {}).get(model or "", {})

@@ -46,6 +46,7 @@ from ..data.split import save_split
 from ..device import Acceleration, autocast, pick_device
 from ..device.acceleration import SETTINGS as ACCELERATION_SETTINGS
 from ..device.acceleration import resolve as resolve_acceleration
+from ..device.acceleration import workload
 from ..errors import BadInput, UserError, require
 from ..files import atomic_write
 from ..models import count_params, create_model, default_model, load_pretrained, model_spec
@@ -122,7 +123,8 @@ class Trainer:
         train_bytes = len(self.split.train) * self.images.images[:1].nbytes // self.world.size
         resident = parse_bytes(cfg.max_decoded_bytes, "--max-decoded-bytes") if cfg.max_decoded_bytes else \
             env_bytes("GPUVISION_MAX_DECODED_BYTES")
-        resolved = resolve_acceleration(self.device, model=self.architecture["name"], data_bytes=train_bytes,
+        resolved = resolve_acceleration(self.device, model=workload(self.architecture["name"], self.image_side),
+                                        data_bytes=train_bytes,
                                         resident_bytes=resident, **{k: getattr(cfg, k) for k in ACCELERATION_SETTINGS})
         self.acceleration = Acceleration(**distributed.broadcast(resolved.to_json(), self.device))
         self.precision, self.compiled = self.acceleration.precision, self.acceleration.compile
