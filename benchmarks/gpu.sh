@@ -24,8 +24,10 @@
 #   6. time_to_accuracy.py --tools plain: the plain PyTorch loop, 1 epoch measured, projected
 #   7. optional, last, its failure harmless: a fresh `python -m gpuvision train` process, start to saved model
 # MODE=seeds: only step 4 with $SEEDS (default 20) seeds a tool, alternating, for the accuracy and time spread.
-# MODE=bench: only `gpuvision bench --device $DEVICE --quick` (issue 16: what each speed method buys) into
-#   $RESULTS/bench/ (bench.json, bench.md, charts). Dry run: PYTHON=... DEVICE=cpu MODE=bench DATA=some.tar.gz
+# MODE=bench: `gpuvision bench --device $DEVICE --quick` (issue 16: what each speed method buys) into
+#   $RESULTS/bench/ (bench.json, bench.md, charts), then a one-GPU run under torchrun, which takes the DDP path
+#   (issue 18: an NCCL group of one, DDP, a mid-epoch checkpoint). Dry run: PYTHON=... DEVICE=cpu MODE=bench
+#   DATA=some.tar.gz
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,8 +108,12 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'gpuvision',
     { echo "gpuvision or a dependency does not import (see above)"; return 2; }
 
   if [ "$MODE" = bench ]; then
-    step "gpuvision bench --quick" 530 "$PY" -m gpuvision bench --device "$DEVICE" --quick --data "$DATA" \
+    step "gpuvision bench --quick" 440 "$PY" -m gpuvision bench --device "$DEVICE" --quick --data "$DATA" \
       --out "$RESULTS/bench"
+    # The DDP path on one GPU (issue 18): a launched single process joins an NCCL group and trains through DDP.
+    step "1-GPU DDP (torchrun)" 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m gpuvision train \
+      --data "$DATA" --epochs 1 --val-fraction 0.1 --checkpoint-every 100st --device "$DEVICE" --json \
+      --out "$(mktemp -d)/ddp" > "$RESULTS/ddp-1gpu.json"
   elif [ "$MODE" = seeds ]; then
     # shellcheck disable=SC2086  # TTA_EXTRA is a list of flags
     step "time to accuracy: $SEEDS seeds a tool, alternating" 530 "$PY" benchmarks/time_to_accuracy.py \

@@ -37,6 +37,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     restarts: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: how often the workers were restarted
+    launched: bool = False  # started by a launcher (RANK set): the DDP path, even for one process
 
     @property
     def main(self) -> bool:
@@ -44,7 +45,9 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """Whether the run uses the process group and DDP: several processes, or one a launcher started (so a
+        one-GPU torchrun exercises the path many GPUs take)."""
+        return self.size > 1 or self.launched
 
 
 def world_from_env(env: dict | None = None) -> World:
@@ -63,7 +66,7 @@ def world_from_env(env: dict | None = None) -> World:
     try:
         return World(rank=int(env.get("RANK", 0)), size=int(env.get("WORLD_SIZE", 1)),
                      local_rank=int(env.get("LOCAL_RANK", 0)),
-                     restarts=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)))
+                     restarts=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)), launched="RANK" in env)
     except ValueError as e:
         raise BadInput(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers ({e})") from e
 

@@ -83,9 +83,9 @@ class TrainStep:
     @classmethod
     def create(cls, model: nn.Module, recipe: Recipe, device: torch.device, acceleration: Acceleration,
                spec: ModelSpec, perturb: Perturb | None = None, world_size: int = 1, accumulate: int = 1,
-               synced_norms: bool = False) -> TrainStep:
+               synced_norms: bool = False, ddp: bool = False) -> TrainStep:
         """The step for a model already on `device` in its layout: the recipe's preparation and optimizer; DDP
-        around it on several processes."""
+        around it on several processes (`ddp`: also for one, in a launched run)."""
         recipe.prepare(model)
         try:
             optimizer = recipe.optimizer(model, device, spec, acceleration.optimizer_kernel)
@@ -94,7 +94,7 @@ class TrainStep:
                            "auto") from e
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-        network = distributed.wrap(model, device, synced_norms) if world_size > 1 else None
+        network = distributed.wrap(model, device, synced_norms) if ddp or world_size > 1 else None
         return cls(model, recipe, optimizer, device, acceleration, perturb, network, world_size, accumulate)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int, total: int, global_size: int | None = None, *,

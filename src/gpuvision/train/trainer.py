@@ -143,7 +143,7 @@ class Trainer:
         self.synced_norms = self._sync_norms()
         self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec,
                                            world_size=self.world.size, accumulate=cfg.grad_accum,
-                                           synced_norms=self.synced_norms)
+                                           synced_norms=self.synced_norms, ddp=self.world.distributed)
         self.optimizer, self.scaler = self.train_step.optimizer, self.train_step.scaler
         self.cadence = Cadence.parse(cfg.checkpoint_every)
         self.step, self.epoch, self.history, self.in_epoch = 0, 0, [], None
@@ -320,7 +320,7 @@ class Trainer:
     def _partial(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, started: float) -> dict:
         """An epoch's figures so far, for a mid-epoch checkpoint; one process's alone say nothing of the others'
         (and a resumed run may have another number of processes), so on several they start again after resuming."""
-        if self.world.distributed:
+        if self.world.size > 1:
             return {}
         return {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen,
                 "seconds": time.perf_counter() - started}
