@@ -120,13 +120,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.split = make_split(self.images, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         self._build_model()
-        train_bytes = len(self.split.train) * self.images.images[:1].nbytes // self.world.size
-        resident = parse_bytes(cfg.max_decoded_bytes, "--max-decoded-bytes") if cfg.max_decoded_bytes else \
-            env_bytes("GPUVISION_MAX_DECODED_BYTES")
-        resolved = resolve_acceleration(self.device, model=workload(self.architecture["name"], self.image_side),
-                                        data_bytes=train_bytes,
-                                        resident_bytes=resident, **{k: getattr(cfg, k) for k in ACCELERATION_SETTINGS})
-        self.acceleration = Acceleration(**distributed.broadcast(resolved.to_json(), self.device))
+        self.acceleration = self._resolve_acceleration()
         self.precision, self.compiled = self.acceleration.precision, self.acceleration.compile
         self.model.to(self.device, memory_format=self.acceleration.memory_format)
         loaders = build_loaders(self.images, self.split, self.recipe, self.image_side, self.acceleration, self.device,
@@ -164,6 +158,17 @@ class Trainer:
                   params=count_params(self.model), split=self.split.sizes(), epochs=s.epochs,
                   batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped),
                   val_source=self.split.val_source, test_source=self.split.test_source)
+
+    def _resolve_acceleration(self) -> Acceleration:
+        """The speed settings, resolved by rank 0 (from its measurements) and used alike by every process."""
+        cfg = self.config
+        train_bytes = len(self.split.train) * self.images.images[:1].nbytes // self.world.size
+        resident = parse_bytes(cfg.max_decoded_bytes, "--max-decoded-bytes") if cfg.max_decoded_bytes else \
+            env_bytes("GPUVISION_MAX_DECODED_BYTES")
+        resolved = resolve_acceleration(self.device, model=workload(self.architecture["name"], self.image_side),
+                                        data_bytes=train_bytes, resident_bytes=resident,
+                                        **{k: getattr(cfg, k) for k in ACCELERATION_SETTINGS})
+        return Acceleration(**distributed.broadcast(resolved.to_json(), self.device))
 
     def _load_data(self) -> None:
         """Decode (or read the cache): rank 0 first, so the others read what it cached instead of decoding too."""
