@@ -16,25 +16,18 @@ from dataclasses import MISSING, fields
 
 from .errors import BadInput, UserError
 
+# The registries' names, written out so that parsing arguments and --help import no torch (seconds at start-up);
+# tests/unit/test_cli_flags.py keeps them equal to the registries.
+REGISTRY_NAMES = {"models": ("fastnet", "resnet18", "resnet34", "resnet50"),
+                  "recipes": ("distill", "fast", "standard"),
+                  "methods": ("prune", "int8", "distill", "all"),
+                  "formats": ("onnx", "pt2")}
+
 
 def _registry_choices(name: str) -> list[str]:
-    if name == "models":
-        from .models import list_models
-
-        return list_models()
-    if name == "recipes":
-        from .train.recipes import RECIPES
-
-        return RECIPES.names()
-    if name == "methods":
-        from .compress import PLANS
-
-        return list(PLANS)
-    if name == "formats":
-        from .export import FORMATS
-
-        return FORMATS.names()
-    raise ValueError(f"no registry {name!r}")
+    if name not in REGISTRY_NAMES:
+        raise ValueError(f"no registry {name!r}")
+    return list(REGISTRY_NAMES[name])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "override it); also model_args and recipe_args")
     command("evaluate", "evaluate a model directory on its test split (or any labelled source)", EvaluateConfig, True)
     predict = command("predict", "classify image files", PredictConfig, True)
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (every image in them, "
+                         "recursively) or quoted glob patterns such as 'photos/**/*.jpg'")
     demo = command("demo", "the main job on the embedded digits: train, evaluate, predict")
     demo.add_argument("--out", default="runs/digits-demo", help="demo directory (default: runs/digits-demo)")
     command("compress", "prune, quantise or distil a model; write a comparison report", CompressConfig, True)
@@ -188,14 +182,25 @@ def run_evaluate(args) -> int:
     if args.json:
         _emit({k: v for k, v in report.items() if k != "confusion_matrix"}, True, "")
         return 0
+    cal = report["calibration"]
+    top5 = f", top-5 {report['top5_accuracy']:.4f}" if "top5_accuracy" in report else ""
     lines = [f"{report['split']} accuracy {report['accuracy']:.4f} on {report['n']} images (tta: {report['tta']}, "
-             f"runtime {report['runtime']})",
+             f"runtime {report['runtime']}); balanced accuracy {report['balanced_accuracy']:.4f}, macro-F1 "
+             f"{report['macro_f1']:.4f}{top5}",
+             f"expected calibration error {cal['ece_before']:.4f} (softmax) -> {cal['ece_after']:.4f} (temperature "
+             f"{cal['temperature']:.3g})" if cal["reliability_after"] else
+             f"expected calibration error {cal['ece_before']:.4f} (not calibrated: no validation split to fit on)",
              f"{'class':>16} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for name, c in report["per_class"].items():
         lines.append(f"{name:>16} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} {c['support']:8d}")
+    if report["most_confused"]:
+        lines.append("most confused: " + ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                                                   for p in report["most_confused"]))
     lines.append(f"report: {report['report']}")
-    if "confusion_png" in report:
-        lines.append(f"confusion matrix: {report['confusion_png']}")
+    for key, what in (("confusion_png", "confusion matrix"), ("reliability_png", "reliability diagram"),
+                      ("mistakes_png", "worst mistakes")):
+        if key in report:
+            lines.append(f"{what}: {report[key]}")
     print("\n".join(lines))
     return 0
 
@@ -203,14 +208,30 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     from .config import PredictConfig
     from .runtime import load
+    from .runtime.predict import check_out, predict_files, write_rows
 
     config = config_from_args(PredictConfig, args, model_dir=args.model_dir, images=args.images)
+    check_out(config.out)
     model = load(config.model_dir, device=config.device, access=access_from_args(args))
-    results = model.predict(config.images, top_k=config.top_k, tta=config.tta)
-    predictions = [{"image": image, "top": top} for image, top in zip(config.images, results)]
-    human = "\n".join(f"{p['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"])
-                      for p in predictions)
-    _emit({"schema_version": 1, "model_dir": config.model_dir, "predictions": predictions}, args.json, human)
+    rows = []
+    for row in predict_files(model, config.images, config.top_k, config.tta):
+        rows.append(row)
+        if "error" in row:
+            print(f"{row['image']}: {row['error']}", file=sys.stderr, flush=True)
+        elif not args.json:
+            print(f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]),
+                  flush=True)
+    if config.out:
+        write_rows(rows, config.out, config.top_k)
+    failed = [r for r in rows if "error" in r]
+    if args.json:
+        _emit({"schema_version": 1, "model_dir": config.model_dir, "out": config.out,
+               "predictions": [r for r in rows if "error" not in r], "errors": failed}, True, "")
+    elif config.out:
+        print(f"{len(rows) - len(failed)} predictions written to {config.out}", file=sys.stderr)
+    if failed:
+        raise BadInput(f"{len(failed)} of {len(rows)} image(s) could not be read (the first: {failed[0]['image']}: "
+                       f"{failed[0]['error']})")
     return 0
 
 
@@ -239,7 +260,9 @@ def run_demo(args) -> int:
         f"test accuracy:    {result['test_accuracy']:.4f}",
         f"report:           {result['report']}",
         f"confusion matrix: {result['confusion_png']}",
-        *(f"predicted {p['predicted']} ({p['probability']:.2f}) for {p['image']}" for p in result["predictions"]),
+        *(f"predicted {p['predicted']} ({p['probability']:.2f}) for {p['image']}: "
+          + ("right" if p["correct"] else f"WRONG, it is a {p['label']}") for p in result["predictions"]),
+        f"this run: {result['run_dir']} (also {result['latest']}; an earlier run is replaced once a new one is done)",
     ])
     _emit(result, args.json, human)
     return 0
@@ -335,12 +358,27 @@ COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "pre
             "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
 
 
+# Each command's first line, printed before it imports torch and reads its input (seconds): never a silent start.
+STARTING = {"train": "training on {data}", "demo": "demo: training on the embedded digits", "evaluate":
+            "evaluating {model_dir}", "predict": "predicting with {model_dir}", "compress": "compressing {model_dir}",
+            "export": "exporting {model_dir}", "serve": "starting the server", "data": "reading {src}",
+            "sign": "signing {model_dir}", "verify": "verifying {model_dir}", "encrypt": "encrypting {model_dir}",
+            "decrypt": "decrypting {model_dir}"}
+
+
+def _starting(args: argparse.Namespace) -> None:
+    if args.command in STARTING:
+        values = {"data": "digits", **vars(args)}
+        print(STARTING[args.command].format_map(values) + " ...", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library code logs; the CLI shows gpuvision's own information lines (progress in logs) and everyone's warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("gpuvision").setLevel(logging.INFO)
     try:
         args = build_parser().parse_args(argv)
+        _starting(args)
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held

@@ -120,7 +120,8 @@ class Service:
         served, runtime = endpoint.served, endpoint.served.runtime
         parameters = {"backend": runtime.backend, "precision": runtime.precision, "device": str(runtime.device),
                       "runtime_choice": served.choice, "runtime_timings_ms": served.timings_ms,
-                      "max_batch_size": self.config.max_batch_size, "tta": self.config.tta}
+                      "max_batch_size": self.config.max_batch_size, "tta": self.config.tta,
+                      "temperature": runtime.temperature(self.config.tta)}
         return kserve_v2.model_metadata(served.name, served.version, runtime.spec, runtime.classes, parameters)
 
     async def model_ready(self, request: Request, endpoint: Endpoint) -> Response:
@@ -141,7 +142,8 @@ class Service:
                                      self.config.max_batch_size)
             logits = await endpoint.batcher.submit(decoded.x)
             content, headers = kserve_v2.encode_response(decoded, logits, served.name, served.version,
-                                                         served.runtime.classes)
+                                                         served.runtime.classes,
+                                                         served.runtime.temperature(self.config.tta))
         return Response(content, headers=headers)
 
     async def predict(self, request: Request, name: str, top_k: int = Query(1, ge=1, le=upload.MAX_TOP_K)) -> dict:
@@ -154,7 +156,7 @@ class Service:
                                self.config.max_batch_size)
             logits = await endpoint.batcher.submit(x)
             return upload.encode_response([n for n, _ in files], logits, served.runtime.classes, top_k,
-                                          served.name, served.version)
+                                          served.name, served.version, served.runtime.temperature(self.config.tta))
 
     async def files(self, request: Request) -> list[tuple[str, bytes]]:
         """The uploaded images, (name, bytes) each."""

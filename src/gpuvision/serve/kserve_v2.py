@@ -19,6 +19,7 @@ import torch
 
 from ..data.input_spec import InputSpec, normalise
 from ..errors import BadInput, require
+from ..runtime.calibration import probabilities
 from ..version import __version__
 
 INPUT = "input"
@@ -146,10 +147,11 @@ def _outputs(doc: dict) -> list[Output]:
     return outputs
 
 
-def encode_response(request: InferRequest, logits: torch.Tensor, model: str, version: str, classes: list[str]
-                    ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers: JSON, or a JSON header followed by binary tensors."""
-    values = {"logits": logits, "probabilities": torch.softmax(logits, dim=1)}
+def encode_response(request: InferRequest, logits: torch.Tensor, model: str, version: str, classes: list[str],
+                    temperature: float = 1.0) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, or a JSON header followed by binary tensors; `probabilities` are
+    calibrated by `temperature` (the manifest's), `logits` are the model's own."""
+    values = {"logits": logits, "probabilities": probabilities(logits, temperature)}
     entries, blobs = [], []
     for out in request.outputs:
         value = values[out.name]

@@ -11,6 +11,7 @@ from ..data.images import MAX_IMAGE_PIXELS, decode_image
 from ..data.input_spec import normalise
 from ..errors import BadInput, require
 from ..runtime import Model
+from ..runtime.calibration import probabilities
 
 FIELD = "file"  # the multipart field, repeatable
 MAX_TOP_K = 100_000
@@ -32,9 +33,10 @@ def decode_request(files: list[tuple[str, bytes]], model: Model, max_batch: int)
 
 
 def encode_response(names: list[str], logits: torch.Tensor, classes: list[str], top_k: int, model: str,
-                    version: str) -> dict:
-    """The CLI `predict` JSON for these images, each prediction with an id; the model by name and version."""
-    values, indices = torch.softmax(logits, dim=1).topk(min(top_k, len(classes)), dim=1)
+                    version: str, temperature: float = 1.0) -> dict:
+    """The CLI `predict` JSON for these images, each prediction with an id; the model by name and version;
+    probabilities calibrated by `temperature` (the manifest's, as predict uses)."""
+    values, indices = probabilities(logits, temperature).topk(min(top_k, len(classes)), dim=1)
     predictions = [{"id": uuid.uuid4().hex, "image": name,
                     "top": [{"class": classes[i], "probability": float(v)} for v, i in zip(vs, ix)]}
                    for name, vs, ix in zip(names, values.tolist(), indices.tolist())]
