@@ -153,11 +153,13 @@ def _emit(obj: dict, as_json: bool, human: str) -> None:
 
 def run_train(args) -> int:
     from .config import TrainConfig, read_config_file
-    from .progress import TrainProgress
-    from .train.trainer import train
 
     base = read_config_file(args.config) if "config" in vars(args) else None
     config = config_from_args(TrainConfig, args, base)
+    _starting(args, data=config.data)
+    from .progress import TrainProgress
+    from .train.trainer import train
+
     with TrainProgress() as progress:
         result = train(config, on_event=progress, access=access_from_args(args))
     m = result.manifest
@@ -169,16 +171,20 @@ def run_train(args) -> int:
     val = m.metrics.get("val_accuracy")
     human = (f"model saved to {result.model_dir} ({m.architecture['name']}, {m.training.device}, "
              f"{m.training.precision}, {result.seconds:.1f} s" +
-             (f", val accuracy {val:.4f})" if val is not None else ")"))
+             (f", val accuracy {val:.4f})" if val is not None else ")") +
+             f"\ntraining curves: {result.model_dir / 'curves.png'}")
     _emit(summary, args.json, human)
     return 0
 
 
 def run_evaluate(args) -> int:
     from .config import EvaluateConfig
+
+    config, access = config_from_args(EvaluateConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
     from .evaluate import evaluate
 
-    report = evaluate(config_from_args(EvaluateConfig, args, model_dir=args.model_dir), access_from_args(args))
+    report = evaluate(config, access)
     if args.json:
         _emit({k: v for k, v in report.items() if k != "confusion_matrix"}, True, "")
         return 0
@@ -207,12 +213,15 @@ def run_evaluate(args) -> int:
 
 def run_predict(args) -> int:
     from .config import PredictConfig
+
+    config, access = config_from_args(PredictConfig, args, model_dir=args.model_dir, images=args.images), \
+        access_from_args(args)
+    _starting(args)
     from .runtime import load
     from .runtime.predict import check_out, predict_files, write_rows
 
-    config = config_from_args(PredictConfig, args, model_dir=args.model_dir, images=args.images)
     check_out(config.out)
-    model = load(config.model_dir, device=config.device, access=access_from_args(args))
+    model = load(config.model_dir, device=config.device, access=access)
     rows = []
     for row in predict_files(model, config.images, config.top_k, config.tta):
         rows.append(row)
@@ -236,6 +245,7 @@ def run_predict(args) -> int:
 
 
 def run_data(args) -> int:
+    _starting(args)
     from .data.inspect import inspect_source
 
     info = inspect_source(args.src)
@@ -250,6 +260,7 @@ def run_data(args) -> int:
 
 
 def run_demo(args) -> int:
+    _starting(args)
     from .demo import demo
     from .progress import TrainProgress
 
@@ -269,12 +280,14 @@ def run_demo(args) -> int:
 
 
 def run_compress(args) -> int:
-    from .compress import compress
     from .config import CompressConfig
+
+    config, access = config_from_args(CompressConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
+    from .compress import compress
     from .progress import StageProgress
 
-    config = config_from_args(CompressConfig, args, model_dir=args.model_dir)
-    report = compress(config, on_event=StageProgress(), access=access_from_args(args))
+    report = compress(config, on_event=StageProgress(), access=access)
     if args.json:
         _emit(report, True, "")
     else:
@@ -286,9 +299,12 @@ def run_compress(args) -> int:
 
 def run_export(args) -> int:
     from .config import ExportConfig
+
+    config, access = config_from_args(ExportConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
     from .export import export_model
 
-    result = export_model(config_from_args(ExportConfig, args, model_dir=args.model_dir), access_from_args(args))
+    result = export_model(config, access)
     p = result["parity"]
     human = (f"exported {result['path']} ({result['size_bytes']:,} bytes{', encrypted' if result['encrypted'] else ''}"
              f"); parity on {p['images']} test images: max abs diff {p.get('max_abs_diff', 0):.2e}, top-1 agreement "
@@ -299,13 +315,15 @@ def run_export(args) -> int:
 
 def run_serve(args) -> int:
     from .config import ServeConfig
-    from .serve import serve
 
     def ready(info: dict) -> None:  # flushed: a script waits for this line while the server runs
         print(json.dumps({"schema_version": 1, **info}), flush=True)
 
-    serve(config_from_args(ServeConfig, args, models=args.models), on_ready=ready if args.json else None,
-          access=access_from_args(args))
+    config, access = config_from_args(ServeConfig, args, models=args.models), access_from_args(args)
+    _starting(args)
+    from .serve import serve
+
+    serve(config, on_ready=ready if args.json else None, access=access)
     return 0
 
 
@@ -324,18 +342,22 @@ def run_keys(args) -> int:
 
 def run_sign(args) -> int:
     from .config import SignConfig
-    from .protect import sign_model
 
     config = config_from_args(SignConfig, args, model_dir=args.model_dir)
+    _starting(args)
+    from .protect import sign_model
+
     result = sign_model(config.model_dir, config.signing_key, config.overwrite)
     _emit(result, args.json, f"signed {result['model_dir']}: {result['signature']} covers {result['files']} files")
     return 0
 
 
 def run_verify(args) -> int:
+    access = access_from_args(args)
+    _starting(args)
     from .protect import verify_model
 
-    result = verify_model(args.model_dir, access_from_args(args))
+    result = verify_model(args.model_dir, access)
     human = (f"verified: {result['model_dir']} is intact and signed by {result['pubkey']} ({result['files']} files, "
              f"version {result['version']})")
     _emit(result, args.json, human)
@@ -344,11 +366,13 @@ def run_verify(args) -> int:
 
 def run_crypt(args) -> int:
     from .config import CryptConfig
+
+    config, access = config_from_args(CryptConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
     from .protect import decrypt_model, encrypt_model
 
-    config = config_from_args(CryptConfig, args, model_dir=args.model_dir)
     run = encrypt_model if args.command == "encrypt" else decrypt_model
-    result = run(config.model_dir, config.out, access_from_args(args))
+    result = run(config.model_dir, config.out, access)
     _emit(result, args.json, f"{args.command}ed {result['model_dir']} -> {result['out']} ({result['files']} files)")
     return 0
 
@@ -358,7 +382,8 @@ COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "pre
             "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
 
 
-# Each command's first line, printed before it imports torch and reads its input (seconds): never a silent start.
+# Each command's first line, printed once its settings are checked (a bad value stays a one-line error) and before it
+# imports torch and reads its input, which takes seconds: no command starts in silence.
 STARTING = {"train": "training on {data}", "demo": "demo: training on the embedded digits", "evaluate":
             "evaluating {model_dir}", "predict": "predicting with {model_dir}", "compress": "compressing {model_dir}",
             "export": "exporting {model_dir}", "serve": "starting the server", "data": "reading {src}",
@@ -366,10 +391,9 @@ STARTING = {"train": "training on {data}", "demo": "demo: training on the embedd
             "decrypt": "decrypting {model_dir}"}
 
 
-def _starting(args: argparse.Namespace) -> None:
+def _starting(args: argparse.Namespace, **values) -> None:
     if args.command in STARTING:
-        values = {"data": "digits", **vars(args)}
-        print(STARTING[args.command].format_map(values) + " ...", file=sys.stderr, flush=True)
+        print(STARTING[args.command].format_map({**vars(args), **values}) + " ...", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gpuvision").setLevel(logging.INFO)
     try:
         args = build_parser().parse_args(argv)
-        _starting(args)
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held

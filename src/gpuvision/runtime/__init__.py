@@ -84,7 +84,8 @@ class Model:
         return self.runtime.logits(images, self.manifest.tta_level > 0 if tta is None else tta, batch_size)
 
     def predict(self, images: list, top_k: int = 1, tta: bool | None = None) -> list[list[dict]]:
-        """Top-k classes for each image (a path, PIL image, H x W (x C) uint8 array); each {class, probability}."""
+        """Top-k classes for each image (a path, PIL image, H x W (x C) uint8 array); each {class, probability},
+        the probabilities calibrated by the manifest's temperature (runtime/calibration.py)."""
         require(top_k >= 1, f"--top-k must be at least 1, got {top_k}", BadInput)
         tta = self.manifest.tta_level > 0 if tta is None else tta
         probs = probabilities(self.logits(self.prepare(images), tta), self.runtime.temperature(tta))

@@ -59,6 +59,7 @@ SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"  # loss and accuracy per epoch
 STATS_IMAGES = 10_000  # training images that set the input normalisation
+CALIBRATION_IMAGES = 5_000  # validation images the temperature is fitted on (one scalar: plenty)
 DATA_INIT_IMAGES = 5_000  # of those, the ones a model's data-dependent initialisation sees (fastnet's whitening)
 LOGS_PER_EPOCH = 4  # logging points per epoch when a progress callback listens (each is one device sync)
 
@@ -355,7 +356,8 @@ class Trainer:
         """Temperature scaling fitted on the validation split (runtime/calibration.py), with and without TTA."""
         runtime = EagerRuntime(self.model, self.spec, self.images.classes, self.recipe.settings.tta_level,
                                self.device, self.precision)
-        calibration = fit_on(runtime, self.images.images[self.split.val], self.images.labels[self.split.val])
+        val = stratified_sample(self.images.labels, self.split.val, CALIBRATION_IMAGES, self.config.seed)
+        calibration = fit_on(runtime, self.images.images[val], self.images.labels[val])
         if calibration:
             self.emit("calibrated", **asdict(calibration))
         return calibration

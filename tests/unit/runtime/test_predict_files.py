@@ -7,11 +7,11 @@ import csv
 import json
 
 import pytest
+from helpers import make_tree
 
 from gpuvision.errors import BadInput
 from gpuvision.runtime import load
 from gpuvision.runtime.predict import expand, predict_files, write_rows
-from helpers import make_tree
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from helpers import make_tree
 
 from gpuvision.config import TrainConfig
 from gpuvision.train.sizing import LONG_SECONDS, RunEstimate, default_image_size, duration, estimate, plan_inputs
-from helpers import make_tree
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
