@@ -2,17 +2,19 @@
 
     python benchmarks/startup.py --before ../main/src --after src --repeat 5 --model-dir runs/digits
 
-Each row runs `python -m gpuvision ARGS` in a fresh process and times, from the process's start, its first byte of
-output (stdout or stderr) and its end (or its kill, once it has said something: a training run is not waited for),
-with its CPU time (user + system, from wait4). The two trees run alternately, `repeat` times each, with the same
-interpreter and environment; medians are reported. On a CPU shared with other work, wall times grow with the load
-(the load average is recorded); the CPU times and the before/after ratios of one run are the figures to compare.
+Each row runs `python -m gpuvision ARGS` in a fresh process, its stderr a (pseudo-)terminal as a user's is, and
+times, from the process's start, its first byte of output (stdout or stderr) and its end (or its kill, once it has
+said something: a training run is not waited for), with its CPU time (user + system, from wait4). The two trees run
+alternately, `repeat` times each, with the same interpreter and environment; medians are reported. On a CPU shared
+with other work, wall times grow with the load (the load average is recorded); the CPU times and the before/after
+ratios of one run are the figures to compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pty
 import select
 import statistics
 import subprocess
@@ -26,27 +28,36 @@ WAIT_S = 300.0  # the longest a command may take to say something
 
 
 def first_output(argv: list[str], src: str, stop_after_first: bool) -> dict:
-    """Seconds to the first byte of output, to the end, and CPU seconds, of `python -m gpuvision argv`."""
+    """Seconds to the first byte of output, to the end, and CPU seconds, of `python -m gpuvision argv`, with its
+    stderr on a terminal (a pseudo-terminal), as a user sees it."""
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "OMP_NUM_THREADS": "1"}
+    terminal, child_side = pty.openpty()
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "gpuvision", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "gpuvision", *argv], stdout=subprocess.PIPE, stderr=child_side,
+                            env=env)
+    os.close(child_side)
     first = None
-    streams = [proc.stdout, proc.stderr]
+    streams = [proc.stdout.fileno(), terminal]
     while streams:
         ready, _, _ = select.select(streams, [], [], max(0.0, WAIT_S - (time.perf_counter() - started)))
         if not ready:
             break
-        for stream in ready:
-            if not os.read(stream.fileno(), 1 << 16):
-                streams.remove(stream)
+        for fd in ready:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:  # the terminal's other side closed (Linux answers EIO)
+                data = b""
+            if not data:
+                streams.remove(fd)
             elif first is None:
                 first = time.perf_counter() - started
         if first is not None and stop_after_first:
             proc.kill()
             break
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, _, usage = os.wait4(proc.pid, 0)
     ended = time.perf_counter() - started
+    os.close(terminal)
+    proc.stdout.close()
     return {"first_output_s": first, "end_s": ended, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 

@@ -382,8 +382,9 @@ COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "pre
             "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
 
 
-# Each command's first line, printed once its settings are checked (a bad value stays a one-line error) and before it
-# imports torch and reads its input, which takes seconds: no command starts in silence.
+# On a terminal, each command's first line, printed once its settings are checked and before it imports torch and
+# reads its input, which takes seconds: no command starts in silence. Not in logs and pipes, where bad input stays
+# exactly one line (`error: ...`) for scripts to read.
 STARTING = {"train": "training on {data}", "demo": "demo: training on the embedded digits", "evaluate":
             "evaluating {model_dir}", "predict": "predicting with {model_dir}", "compress": "compressing {model_dir}",
             "export": "exporting {model_dir}", "serve": "starting the server", "data": "reading {src}",
@@ -392,7 +393,7 @@ STARTING = {"train": "training on {data}", "demo": "demo: training on the embedd
 
 
 def _starting(args: argparse.Namespace, **values) -> None:
-    if args.command in STARTING:
+    if args.command in STARTING and sys.stderr.isatty():
         print(STARTING[args.command].format_map({**vars(args), **values}) + " ...", file=sys.stderr, flush=True)
 
 
