@@ -14,7 +14,7 @@ import logging
 import sys
 from dataclasses import MISSING, fields
 
-from .errors import BadInput, UserError
+from .errors import BadInput, UserError, require
 
 # The registries' names, written out so that parsing arguments and --help import no torch (seconds at start-up);
 # tests/unit/test_cli_flags.py keeps them equal to the registries.
@@ -218,15 +218,16 @@ def run_predict(args) -> int:
         access_from_args(args)
     _starting(args)
     from .runtime import load
-    from .runtime.predict import check_out, predict_files, write_rows
+    from .runtime.predict import check_out, expand, predict_files, write_rows
 
     check_out(config.out)
     model = load(config.model_dir, device=config.device, access=access)
-    rows = []
-    for row in predict_files(model, config.images, config.top_k, config.tta):
+    found, rows = expand(config.images), []
+    for row in predict_files(model, found, config.top_k, config.tta):
         rows.append(row)
         if "error" in row:
-            print(f"{row['image']}: {row['error']}", file=sys.stderr, flush=True)
+            if len(found) > 1:  # a lone image's error is the one line at the end
+                print(f"{row['image']}: {row['error']}", file=sys.stderr, flush=True)
         elif not args.json:
             print(f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]),
                   flush=True)
@@ -238,9 +239,9 @@ def run_predict(args) -> int:
                "predictions": [r for r in rows if "error" not in r], "errors": failed}, True, "")
     elif config.out:
         print(f"{len(rows) - len(failed)} predictions written to {config.out}", file=sys.stderr)
-    if failed:
-        raise BadInput(f"{len(failed)} of {len(rows)} image(s) could not be read (the first: {failed[0]['image']}: "
-                       f"{failed[0]['error']})")
+    first = f"{failed[0]['image']}: {failed[0]['error']}" if failed else ""
+    require(not failed or len(rows) > 1, first, BadInput)
+    require(not failed, f"{len(failed)} of {len(rows)} images could not be read (the first: {first})", BadInput)
     return 0
 
 

@@ -41,9 +41,10 @@ def expand(inputs: list[str]) -> list[tuple[str, str | None]]:
     return found
 
 
-def predict_files(model, inputs: list[str], top_k: int = 1, tta: bool | None = None, batch_size: int = 64
-                  ) -> Iterator[dict]:
-    """One row per image, in input order: {"image", "top": [{class, probability}]} or {"image", "error"}."""
+def predict_files(model, found: list[tuple[str, str | None]], top_k: int = 1, tta: bool | None = None,
+                  batch_size: int = 64) -> Iterator[dict]:
+    """One row per image of `found` (what `expand` found), in order: {"image", "top": [{class, probability}]}, or
+    {"image", "error"} for one that cannot be read."""
     pending: list[tuple[str, object]] = []
 
     def flush() -> Iterator[dict]:
@@ -53,7 +54,7 @@ def predict_files(model, inputs: list[str], top_k: int = 1, tta: bool | None = N
             yield {"image": name, "error": a} if isinstance(a, str) else {"image": name, "top": next(tops)}
         pending.clear()
 
-    for name, error in expand(inputs):
+    for name, error in found:
         array = None if error else decode_image(Path(name))
         pending.append((name, error or (NOT_AN_IMAGE if array is None else array)))
         if len(pending) >= batch_size:

@@ -33,7 +33,7 @@ def test_files_folders_and_globs_expand_in_order(photos):
 
 def test_a_bad_file_is_a_row_and_the_rest_are_predicted(tiny_model, photos, tmp_path):
     model = load(tiny_model, device="cpu")
-    rows = list(predict_files(model, [str(photos), str(photos / "a" / "notes.txt")], top_k=2, batch_size=2))
+    rows = list(predict_files(model, expand([str(photos), str(photos / "a" / "notes.txt")]), top_k=2, batch_size=2))
     assert [r["image"].rsplit("/", 1)[1] for r in rows] == ["000.png", "001.png", "000.png", "001.png",
                                                             "broken.png", "notes.txt"]
     assert [("error" in r) for r in rows] == [False] * 4 + [True, True]
