@@ -14,7 +14,7 @@ import logging
 import sys
 from dataclasses import MISSING, fields
 
-from .errors import BadInput, UserError, require
+from .errors import BadInput, UserError
 
 # The registries' names, written out so that parsing arguments and --help import no torch (seconds at start-up);
 # tests/unit/test_cli_flags.py keeps them equal to the registries.
@@ -239,9 +239,10 @@ def run_predict(args) -> int:
                "predictions": [r for r in rows if "error" not in r], "errors": failed}, True, "")
     elif config.out:
         print(f"{len(rows) - len(failed)} predictions written to {config.out}", file=sys.stderr)
-    first = f"{failed[0]['image']}: {failed[0]['error']}" if failed else ""
-    require(not failed or len(rows) > 1, first, BadInput)
-    require(not failed, f"{len(failed)} of {len(rows)} images could not be read (the first: {first})", BadInput)
+    if failed:  # exit 2 after every readable image was predicted
+        first = f"{failed[0]['image']}: {failed[0]['error']}"
+        raise BadInput(first if len(rows) == 1 else f"{len(failed)} of {len(rows)} images could not be read (the "
+                       f"first: {first})")
     return 0
 
 

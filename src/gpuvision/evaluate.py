@@ -25,8 +25,6 @@ from .runtime import Model, open_runtime
 from .runtime.calibration import probabilities, reliability
 
 REPORT_SCHEMA_VERSION = 1
-
-
 MOST_CONFUSED = 5  # class pairs listed
 WORST_MISTAKES = 16  # images in the grid of the most confident wrong predictions
 
