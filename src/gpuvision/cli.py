@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=argparse.SUPPRESS, help="a YAML or JSON file of these settings (flags "
                        "override it); also model_args and recipe_args")
     command("evaluate", "evaluate a model directory on its test split (or any labelled source)", EvaluateConfig, True)
-    predict = command("predict", "classify image files", PredictConfig, True)
+    predict = command("predict", "classify image files, folders or glob patterns", PredictConfig, True)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (every image in them, "
                          "recursively) or quoted glob patterns such as 'photos/**/*.jpg'")
     demo = command("demo", "the main job on the embedded digits: train, evaluate, predict")
