@@ -129,6 +129,37 @@ class Reference:
         return ref
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on the validation split after training (runtime/calibration.py): probabilities
+    are softmax(logits / temperature), or / temperature_tta for logits averaged over the recipe's test-time
+    augmentation; the validation NLL and expected calibration error before and after, for the record."""
+
+    temperature: float
+    temperature_tta: float | None = None
+    method: str = "temperature"
+    split: str = "val"
+    n: int = 0
+    nll_before: float | None = None
+    nll_after: float | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+
+    def __post_init__(self):
+        for t in (self.temperature, self.temperature_tta):
+            _check(t is None or (isinstance(t, int | float) and math.isfinite(t) and t > 0),
+                   "calibration temperatures must be positive numbers")
+
+    @classmethod
+    def from_dict(cls, d) -> Calibration:
+        """A manifest's `calibration`; keys a newer writer added are dropped."""
+        _check(isinstance(d, dict), "calibration must be an object")
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def for_tta(self, tta: bool) -> float:
+        return self.temperature_tta if tta and self.temperature_tta else self.temperature
+
+
 @dataclass
 class Manifest:
     """What a model directory holds and how to run it; fields are typed and validated when read."""
@@ -143,6 +174,7 @@ class Manifest:
     training: Training | None = None
     tta_level: int = 0
     reference: Reference | None = None  # test-split figures serving compares production with (runtime/reference.py)
+    calibration: Calibration | None = None  # None: probabilities are the plain softmax
     seed: int = 0
     settings: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
@@ -161,6 +193,8 @@ class Manifest:
         d["input"] = self.input.to_dict()
         if self.encryption is None:  # a plaintext manifest reads as it did before encryption existed
             del d["encryption"]
+        if self.calibration is None:
+            del d["calibration"]
         return {**d, **self.extra}
 
     @classmethod
@@ -224,6 +258,7 @@ def _parse(d: dict) -> Manifest:
                                   and isinstance(encryption.plaintext, dict) and set(encryption.plaintext) == set(files)
                                   and all(isinstance(v, str) and len(v) == 64 for v in encryption.plaintext.values())),
            f"encryption must be {{scheme: {aead.SCHEME}, key_id, plaintext: {{each listed file: sha256}}}}")
+    calibration = Calibration.from_dict(d["calibration"]) if d.get("calibration") is not None else None
     tta = d.get("tta_level", 0)
     _check(tta in (0, 1, 2), "tta_level must be 0, 1 or 2")
     _check(d.get("compression") is None or isinstance(d["compression"], dict), "compression must be an object")
@@ -232,7 +267,7 @@ def _parse(d: dict) -> Manifest:
         _check(isinstance(d.get(key, {}), dict), f"{key} must be an object")
     return Manifest(format=fmt, weights=weights, architecture=arch, classes=classes,
                     input=InputSpec.from_dict(d["input"]), split=split, inference=inference, training=training,
-                    tta_level=tta, reference=reference, seed=d.get("seed", 0),
+                    tta_level=tta, reference=reference, calibration=calibration, seed=d.get("seed", 0),
                     settings=d.get("settings", {}), recipe=d.get("recipe", {}), params=d.get("params"),
                     flops=d.get("flops"), metrics=d.get("metrics", {}), compression=d.get("compression"),
                     versions=d.get("versions", {}), created=d.get("created", ""), files=files, encryption=encryption,

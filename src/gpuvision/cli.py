@@ -17,25 +17,18 @@ from dataclasses import MISSING, fields
 
 from .errors import BadInput, UserError
 
+# The registries' names, written out so that parsing arguments and --help import no torch (seconds at start-up);
+# tests/unit/test_cli_flags.py keeps them equal to the registries.
+REGISTRY_NAMES = {"models": ("fastnet", "resnet18", "resnet34", "resnet50"),
+                  "recipes": ("distill", "fast", "standard"),
+                  "methods": ("prune", "int8", "distill", "all"),
+                  "formats": ("onnx", "pt2")}
+
 
 def _registry_choices(name: str) -> list[str]:
-    if name == "models":
-        from .models import list_models
-
-        return list_models()
-    if name == "recipes":
-        from .train.recipes import RECIPES
-
-        return RECIPES.names()
-    if name == "methods":
-        from .compress import PLANS
-
-        return list(PLANS)
-    if name == "formats":
-        from .export import FORMATS
-
-        return FORMATS.names()
-    raise ValueError(f"no registry {name!r}")
+    if name not in REGISTRY_NAMES:
+        raise ValueError(f"no registry {name!r}")
+    return list(REGISTRY_NAMES[name])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=argparse.SUPPRESS, help="a YAML or JSON file of these settings (flags "
                        "override it); also model_args and recipe_args")
     command("evaluate", "evaluate a model directory on its test split (or any labelled source)", EvaluateConfig, True)
-    predict = command("predict", "classify image files", PredictConfig, True)
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict = command("predict", "classify image files, folders or glob patterns", PredictConfig, True)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (every image in them, "
+                         "recursively) or quoted glob patterns such as 'photos/**/*.jpg'")
     demo = command("demo", "the main job on the embedded digits: train, evaluate, predict")
     demo.add_argument("--out", default="runs/digits-demo", help="demo directory (default: runs/digits-demo)")
     command("compress", "prune, quantise or distil a model; write a comparison report", CompressConfig, True)
@@ -169,12 +163,14 @@ def _emit(obj: dict, as_json: bool, human: str) -> None:
 
 def run_train(args) -> int:
     from .config import TrainConfig, read_config_file
+
+    base = read_config_file(args.config) if "config" in vars(args) else None
+    config = config_from_args(TrainConfig, args, base)
+    _starting(args, data=config.data)
     from .progress import TrainProgress
     from .train import distributed
     from .train.trainer import train
 
-    base = read_config_file(args.config) if "config" in vars(args) else None
-    config = config_from_args(TrainConfig, args, base)
     if config.nproc > 1 and not distributed.under_launcher():  # the workers train, and rank 0 prints the summary
         distributed.launch(["train", *args.argv], config.nproc, config.max_restarts)
         return 0
@@ -191,46 +187,83 @@ def run_train(args) -> int:
     val = m.metrics.get("val_accuracy")
     human = (f"model saved to {result.model_dir} ({m.architecture['name']}, {m.training.device}, "
              f"{m.training.precision}, {result.seconds:.1f} s" +
-             (f", val accuracy {val:.4f})" if val is not None else ")"))
+             (f", val accuracy {val:.4f})" if val is not None else ")") +
+             f"\ntraining curves: {result.model_dir / 'curves.png'}")
     _emit(summary, args.json, human)
     return 0
 
 
 def run_evaluate(args) -> int:
     from .config import EvaluateConfig
+
+    config, access = config_from_args(EvaluateConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
     from .evaluate import evaluate
 
-    report = evaluate(config_from_args(EvaluateConfig, args, model_dir=args.model_dir), access_from_args(args))
+    report = evaluate(config, access)
     if args.json:
         _emit({k: v for k, v in report.items() if k != "confusion_matrix"}, True, "")
         return 0
+    cal = report["calibration"]
+    top5 = f", top-5 {report['top5_accuracy']:.4f}" if "top5_accuracy" in report else ""
     lines = [f"{report['split']} accuracy {report['accuracy']:.4f} on {report['n']} images (tta: {report['tta']}, "
-             f"runtime {report['runtime']})",
+             f"runtime {report['runtime']}); balanced accuracy {report['balanced_accuracy']:.4f}, macro-F1 "
+             f"{report['macro_f1']:.4f}{top5}",
+             f"expected calibration error {cal['ece_before']:.4f} (softmax) -> {cal['ece_after']:.4f} (temperature "
+             f"{cal['temperature']:.3g})" if cal["reliability_after"] else
+             f"expected calibration error {cal['ece_before']:.4f} (not calibrated: no validation split to fit on)",
              f"{'class':>16} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for name, c in report["per_class"].items():
         lines.append(f"{name:>16} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} {c['support']:8d}")
+    if report["most_confused"]:
+        lines.append("most confused: " + ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                                                   for p in report["most_confused"]))
     lines.append(f"report: {report['report']}")
-    if "confusion_png" in report:
-        lines.append(f"confusion matrix: {report['confusion_png']}")
+    for key, what in (("confusion_png", "confusion matrix"), ("reliability_png", "reliability diagram"),
+                      ("mistakes_png", "worst mistakes")):
+        if key in report:
+            lines.append(f"{what}: {report[key]}")
     print("\n".join(lines))
     return 0
 
 
 def run_predict(args) -> int:
     from .config import PredictConfig
-    from .runtime import load
 
-    config = config_from_args(PredictConfig, args, model_dir=args.model_dir, images=args.images)
-    model = load(config.model_dir, device=config.device, access=access_from_args(args))
-    results = model.predict(config.images, top_k=config.top_k, tta=config.tta)
-    predictions = [{"image": image, "top": top} for image, top in zip(config.images, results)]
-    human = "\n".join(f"{p['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"])
-                      for p in predictions)
-    _emit({"schema_version": 1, "model_dir": config.model_dir, "predictions": predictions}, args.json, human)
+    config, access = config_from_args(PredictConfig, args, model_dir=args.model_dir, images=args.images), \
+        access_from_args(args)
+    _starting(args)
+    from .runtime import load
+    from .runtime.predict import check_out, expand, predict_files, write_rows
+
+    check_out(config.out)
+    model = load(config.model_dir, device=config.device, access=access)
+    found, rows = expand(config.images), []
+    for row in predict_files(model, found, config.top_k, config.tta):
+        rows.append(row)
+        if "error" in row:
+            if len(found) > 1:  # a lone image's error is the one line at the end
+                print(f"{row['image']}: {row['error']}", file=sys.stderr, flush=True)
+        elif not args.json:
+            print(f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]),
+                  flush=True)
+    if config.out:
+        write_rows(rows, config.out, config.top_k)
+    failed = [r for r in rows if "error" in r]
+    if args.json:
+        _emit({"schema_version": 1, "model_dir": config.model_dir, "out": config.out,
+               "predictions": [r for r in rows if "error" not in r], "errors": failed}, True, "")
+    elif config.out:
+        print(f"{len(rows) - len(failed)} predictions written to {config.out}", file=sys.stderr)
+    if failed:  # exit 2 after every readable image was predicted
+        first = f"{failed[0]['image']}: {failed[0]['error']}"
+        raise BadInput(first if len(rows) == 1 else f"{len(failed)} of {len(rows)} images could not be read (the "
+                       f"first: {first})")
     return 0
 
 
 def run_data(args) -> int:
+    _starting(args)
     from .data.inspect import inspect_source
 
     info = inspect_source(args.src)
@@ -245,6 +278,7 @@ def run_data(args) -> int:
 
 
 def run_demo(args) -> int:
+    _starting(args)
     from .demo import demo
     from .progress import TrainProgress
 
@@ -255,19 +289,23 @@ def run_demo(args) -> int:
         f"test accuracy:    {result['test_accuracy']:.4f}",
         f"report:           {result['report']}",
         f"confusion matrix: {result['confusion_png']}",
-        *(f"predicted {p['predicted']} ({p['probability']:.2f}) for {p['image']}" for p in result["predictions"]),
+        *(f"predicted {p['predicted']} ({p['probability']:.2f}) for {p['image']}: "
+          + ("right" if p["correct"] else f"WRONG, it is a {p['label']}") for p in result["predictions"]),
+        f"this run: {result['run_dir']} (also {result['latest']}; an earlier run is replaced once a new one is done)",
     ])
     _emit(result, args.json, human)
     return 0
 
 
 def run_compress(args) -> int:
-    from .compress import compress
     from .config import CompressConfig
+
+    config, access = config_from_args(CompressConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
+    from .compress import compress
     from .progress import StageProgress
 
-    config = config_from_args(CompressConfig, args, model_dir=args.model_dir)
-    report = compress(config, on_event=StageProgress(), access=access_from_args(args))
+    report = compress(config, on_event=StageProgress(), access=access)
     if args.json:
         _emit(report, True, "")
     else:
@@ -279,9 +317,12 @@ def run_compress(args) -> int:
 
 def run_export(args) -> int:
     from .config import ExportConfig
+
+    config, access = config_from_args(ExportConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
     from .export import export_model
 
-    result = export_model(config_from_args(ExportConfig, args, model_dir=args.model_dir), access_from_args(args))
+    result = export_model(config, access)
     p = result["parity"]
     human = (f"exported {result['path']} ({result['size_bytes']:,} bytes{', encrypted' if result['encrypted'] else ''}"
              f"); parity on {p['images']} test images: max abs diff {p.get('max_abs_diff', 0):.2e}, top-1 agreement "
@@ -292,13 +333,15 @@ def run_export(args) -> int:
 
 def run_serve(args) -> int:
     from .config import ServeConfig
-    from .serve import serve
 
     def ready(info: dict) -> None:  # flushed: a script waits for this line while the server runs
         print(json.dumps({"schema_version": 1, **info}), flush=True)
 
-    serve(config_from_args(ServeConfig, args, models=args.models), on_ready=ready if args.json else None,
-          access=access_from_args(args))
+    config, access = config_from_args(ServeConfig, args, models=args.models), access_from_args(args)
+    _starting(args)
+    from .serve import serve
+
+    serve(config, on_ready=ready if args.json else None, access=access)
     return 0
 
 
@@ -329,18 +372,22 @@ def run_keys(args) -> int:
 
 def run_sign(args) -> int:
     from .config import SignConfig
-    from .protect import sign_model
 
     config = config_from_args(SignConfig, args, model_dir=args.model_dir)
+    _starting(args)
+    from .protect import sign_model
+
     result = sign_model(config.model_dir, config.signing_key, config.overwrite)
     _emit(result, args.json, f"signed {result['model_dir']}: {result['signature']} covers {result['files']} files")
     return 0
 
 
 def run_verify(args) -> int:
+    access = access_from_args(args)
+    _starting(args)
     from .protect import verify_model
 
-    result = verify_model(args.model_dir, access_from_args(args))
+    result = verify_model(args.model_dir, access)
     human = (f"verified: {result['model_dir']} is intact and signed by {result['pubkey']} ({result['files']} files, "
              f"version {result['version']})")
     _emit(result, args.json, human)
@@ -349,11 +396,13 @@ def run_verify(args) -> int:
 
 def run_crypt(args) -> int:
     from .config import CryptConfig
+
+    config, access = config_from_args(CryptConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
     from .protect import decrypt_model, encrypt_model
 
-    config = config_from_args(CryptConfig, args, model_dir=args.model_dir)
     run = encrypt_model if args.command == "encrypt" else decrypt_model
-    result = run(config.model_dir, config.out, access_from_args(args))
+    result = run(config.model_dir, config.out, access)
     _emit(result, args.json, f"{args.command}ed {result['model_dir']} -> {result['out']} ({result['files']} files)")
     return 0
 
@@ -385,6 +434,21 @@ COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "pre
             "compress": run_compress, "export": run_export, "serve": run_serve, "monitor": run_monitor,
             "keys": run_keys, "sign": run_sign, "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt,
             "doctor": run_doctor, "bench": run_bench}
+
+
+# On a terminal, each command's first line, printed once its settings are checked and before it imports torch and
+# reads its input, which takes seconds: no command starts in silence. Not in logs and pipes, where bad input stays
+# exactly one line (`error: ...`) for scripts to read.
+STARTING = {"train": "training on {data}", "demo": "demo: training on the embedded digits", "evaluate":
+            "evaluating {model_dir}", "predict": "predicting with {model_dir}", "compress": "compressing {model_dir}",
+            "export": "exporting {model_dir}", "serve": "starting the server", "data": "reading {src}",
+            "sign": "signing {model_dir}", "verify": "verifying {model_dir}", "encrypt": "encrypting {model_dir}",
+            "decrypt": "decrypting {model_dir}"}
+
+
+def _starting(args: argparse.Namespace, **values) -> None:
+    if args.command in STARTING and sys.stderr.isatty():
+        print(STARTING[args.command].format_map({**vars(args), **values}) + " ...", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,8 +128,8 @@ class TrainConfig(Validated):
     lr: float | None = setting(None, "learning rate in the recipe's units (default: the recipe's)", low=0, high=1e6,
                                low_open=True)
     optimizer: str | None = setting(None, "sgd or muon (default: the recipe's)", choices=("sgd", "muon"))
-    image_size: int | None = setting(None, "resize images to S x S (default: the most common size)", low=1,
-                                     high=4096)
+    image_size: int | None = setting(None, "resize images to S x S (default: the most common size; photos over 64 "
+                                     "px: 224 on CUDA, 128 elsewhere; hub weights: their size)", low=1, high=4096)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = setting("auto", "auto (bf16 where the device runs it fast), fp32, bf16 or fp16",
                              choices=("auto", "fp32", "bf16", "fp16"))
@@ -169,7 +169,8 @@ class TrainConfig(Validated):
     keep_best: bool = setting(False, "keep the weights of the epoch with the best validation accuracy, not the last")
     early_stop: int = setting(0, "stop after N validation passes without a better validation accuracy, keeping the "
                               "best epoch's weights (0: off)", low=0)
-    pretrained: str | None = setting(None, "a local .safetensors file of initial weights")
+    pretrained: str | None = setting(None, "initial weights: imagenet (timm's for --model), hf-hub:NAME (a timm "
+                                     "model on the Hugging Face hub), or a local .safetensors file")
     max_decoded_bytes: str | None = setting(None, "bound on the decoded images' memory, e.g. 8G (default: "
                                             "$GPUVISION_MAX_DECODED_BYTES or 8G)")
     out: str | None = setting(None, "run directory = model directory (default: runs/<data name>-<timestamp>)")
@@ -210,8 +211,10 @@ class PredictConfig(Validated):
     """Settings of `gpuvision predict`."""
 
     model_dir: str = setting(help="model directory", flag=False)
-    images: list = setting(help="image files", flag=False, factory=list)
+    images: list = setting(help="image files, folders (every image in them) or glob patterns", flag=False,
+                           factory=list)
     top_k: int = setting(1, "classes per image", low=1, high=100_000)
+    out: str | None = setting(None, "also write the predictions to FILE: .csv, or .jsonl (one JSON object a line)")
     tta: bool | None = setting(None, "test-time augmentation (default: the recipe's choice)")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
 

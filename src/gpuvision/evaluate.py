@@ -1,4 +1,7 @@
-"""Evaluation: accuracy, per-class precision/recall/F1, confusion matrix (JSON and PNG), with optional TTA.
+"""Evaluation: accuracy, balanced accuracy, macro-F1, top-5 (more than 5 classes), per-class precision/recall/F1,
+the most confused class pairs and the confusion matrix; the expected calibration error before and after the
+model's temperature scaling; PNGs of the confusion matrix, the reliability diagram and the most confident mistakes.
+With the recipe's TTA unless told otherwise.
 
 Reports go to their own directory (default `<MODEL_DIR>-eval/`): a model directory is never written after it is
 made, so a signed or read-only model evaluates like any other.
@@ -6,25 +9,29 @@ made, so a signed or read-only model evaluates like any other.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import plots
 from .artifact import MANIFEST, ModelDir
 from .config import Access, EvaluateConfig
 from .data import load_images
 from .data.split import load_split
 from .errors import BadInput, NotFound, UserError, require
-from .files import atomic_write, write_json
+from .files import write_json
 from .runtime import Model, open_runtime
+from .runtime.calibration import probabilities, reliability
 
 REPORT_SCHEMA_VERSION = 1
+MOST_CONFUSED = 5  # class pairs listed
+WORST_MISTAKES = 16  # images in the grid of the most confident wrong predictions
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: true class)."""
+    """Accuracy, balanced accuracy (mean recall), macro-F1, per-class precision/recall/F1/support, the most confused
+    pairs of classes and the confusion matrix (rows: true class)."""
     k = len(classes)
     confusion = np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
     true_positive = np.diag(confusion).astype(float)
@@ -34,43 +41,42 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: 
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
     per_class = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                      "support": int(actual[i])} for i, c in enumerate(classes)}
+    present = actual > 0  # classes absent from the split do not count in the means
+    off = confusion - np.diag(np.diag(confusion))
+    pairs = sorted(((int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off))), key=lambda t: (-t[0], t[1], t[2]))
     return {"accuracy": float(true_positive.sum() / max(len(labels), 1)), "n": int(len(labels)),
+            "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "most_confused": [{"true": classes[i], "predicted": classes[j], "count": n} for n, i, j in
+                              pairs[:MOST_CONFUSED]],
             "per_class": per_class, "confusion_matrix": confusion.tolist()}
 
 
-def plot_confusion(report: dict, classes: list[str], path: Path, title: str) -> None:
-    """Draw on a Figure of its own (no pyplot, no backend switch: a notebook's backend stays as it was)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def top_k_accuracy(logits: torch.Tensor, labels: np.ndarray, k: int = 5) -> float:
+    hits = (logits.topk(k, dim=1).indices == torch.as_tensor(labels)[:, None]).any(dim=1)
+    return int(hits.sum()) / max(len(hits), 1)
 
-    matrix = np.array(report["confusion_matrix"])
-    size = max(4.0, 0.45 * len(classes) + 2)
-    fig = Figure(figsize=(size + 1, size))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    if len(classes) <= 20:
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > matrix.max() / 2 else "black")
-    fig.colorbar(image, ax=ax)
-    # Class names in scripts the default font lacks (CJK, emoji) draw as boxes; say nothing about each glyph.
-    font_log = logging.getLogger("matplotlib.font_manager")
-    level = font_log.level
-    font_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Glyph .* missing from")
-            warnings.filterwarnings("ignore", message="Matplotlib currently does not support")
-            fig.tight_layout()
-            atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    finally:
-        font_log.setLevel(level)
+
+def calibration_report(logits: torch.Tensor, labels: np.ndarray, temperature: float) -> dict:
+    """Expected calibration error and reliability bins of the plain softmax and of the calibrated probabilities."""
+    before = reliability(probabilities(logits), labels)
+    after = reliability(probabilities(logits, temperature), labels) if temperature != 1.0 else None
+    return {"temperature": temperature, "ece_before": before["ece"], "ece_after": (after or before)["ece"],
+            "reliability_before": before, "reliability_after": after}
+
+
+def worst_mistakes(images: np.ndarray, labels: np.ndarray, probs: torch.Tensor, classes: list[str],
+                   n: int = WORST_MISTAKES) -> tuple[np.ndarray, list[str]]:
+    """The n wrong predictions made with the highest confidence: their images and captions."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = np.flatnonzero(predicted.numpy() != labels)
+    worst = wrong[np.argsort(-confidence.numpy()[wrong], kind="stable")[:n]]
+    captions = [f"true {classes[labels[i]]}\npredicted {classes[predicted[i]]} ({confidence[i]:.2f})" for i in worst]
+    return images[worst], captions
+
+
+def plot_confusion(report: dict, classes: list[str], path: Path, title: str) -> None:
+    plots.confusion(np.array(report["confusion_matrix"]), classes, path, title)
 
 
 def select_images(model_dir: ModelDir, data: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +130,7 @@ def evaluate(config: EvaluateConfig | str, access: Access | None = None, **setti
     images, labels = select_images(model_dir, data, config.split)
     tta = model.manifest.tta_level > 0 if config.tta is None else config.tta
     logits = model.logits(images, tta=tta)
+    tta = bool(tta and model.manifest.tta_level > 0)
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "model_dir": str(model_dir.path),
@@ -131,17 +138,36 @@ def evaluate(config: EvaluateConfig | str, access: Access | None = None, **setti
         "runtime": model.runtime.name,
         "data": data,
         "split": config.split,
-        "tta": bool(tta and model.manifest.tta_level > 0),
+        "tta": tta,
         **classification_report(labels, logits.argmax(1).numpy(), model.classes),
     }
+    if len(model.classes) > 5:
+        report["top5_accuracy"] = top_k_accuracy(logits, labels, 5)
+    report["calibration"] = calibration_report(logits, labels, model.runtime.temperature(tta))
     try:
         out.mkdir(parents=True, exist_ok=True)
         report["report"] = str(out / f"{config.split}.json")
         if config.plot:
-            report["confusion_png"] = str(out / f"{config.split}-confusion.png")
-            plot_confusion(report, model.classes, Path(report["confusion_png"]),
-                           f"{config.split}: accuracy {report['accuracy']:.4f} (n={report['n']})")
+            _plot(report, model.classes, images, labels, probabilities(logits, model.runtime.temperature(tta)), out)
         write_json(report["report"], report)
     except OSError as e:
         raise UserError(f"--out {out}: cannot write the report there ({e.strerror}); give a writable --out") from e
     return report
+
+
+def _plot(report: dict, classes: list[str], images: np.ndarray, labels: np.ndarray, probs: torch.Tensor,
+          out: Path) -> None:
+    """The report's PNGs: confusion matrix, reliability diagram, worst mistakes (their paths go into the report)."""
+    split, n = report["split"], report["n"]
+    report["confusion_png"] = str(out / f"{split}-confusion.png")
+    plot_confusion(report, classes, Path(report["confusion_png"]),
+                   f"{split}: accuracy {report['accuracy']:.4f} (n={n})")
+    c = report["calibration"]
+    report["reliability_png"] = str(out / f"{split}-reliability.png")
+    plots.reliability(c["reliability_before"], c["reliability_after"], Path(report["reliability_png"]),
+                      f"{split}: calibration (n={n})")
+    worst, captions = worst_mistakes(images, labels, probs, classes)
+    if len(worst):
+        report["mistakes_png"] = str(out / f"{split}-mistakes.png")
+        plots.image_grid(worst, captions, Path(report["mistakes_png"]),
+                         f"{split}: the {len(worst)} most confident mistakes")

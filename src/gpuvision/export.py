@@ -32,6 +32,7 @@ from .evaluate import recorded_data, select_images
 from .files import atomic_write
 from .registry import Registry
 from .runtime import OnnxRuntime, build_network
+from .runtime.calibration import temperature
 from .runtime.onnx import export_metadata, onnx_model, serialize
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # uint8 N x C x H x W pixels -> logits
@@ -72,7 +73,8 @@ def _export_onnx(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor
                  ) -> tuple[dict, bytes]:
     m = model_dir.manifest
     spec = m.input
-    meta = export_metadata(spec, m.classes, m.tta_level, m.architecture["name"], config.uint8_input)
+    meta = export_metadata(spec, m.classes, m.tta_level, m.architecture["name"], config.uint8_input,
+                           temperature(m.calibration, False))
     example = normalise(pixels[:2], spec)
     proto = onnx_model(net, example if config.dynamic_batch else example[:1], meta, config.dynamic_batch,
                        config.opset, spec if config.uint8_input else None)
@@ -98,7 +100,8 @@ def _export_pt2(model_dir: ModelDir, net: torch.nn.Module, pixels: torch.Tensor,
     example = normalise(pixels[:2] if config.dynamic_batch else pixels[:1], spec)
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if config.dynamic_batch else None
     program = torch.export.export(net, (example,), dynamic_shapes=shapes)
-    meta = export_metadata(spec, m.classes, m.tta_level, m.architecture["name"])
+    meta = export_metadata(spec, m.classes, m.tta_level, m.architecture["name"],
+                           temperature=temperature(m.calibration, False))
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={"gpuvision.json": json.dumps(meta)})
     # torch.export.load may unpickle parts of an archive, so gpuvision loads only the .pt2 it has just made itself,

@@ -81,16 +81,29 @@ class TrainProgress:
         left = (self.total_steps - done_steps) * elapsed / max(done_steps, 1)
         return f"ETA {_duration(left)}"
 
+    def _setup(self, info: dict) -> None:
+        self.total_steps, self.run_started = info["steps"], time.monotonic()
+        given = "" if info.get("test_source", "carved") == "carved" else f"; test split = {info['test_source']}"
+        self._line(
+            f"training {info['model']} ({info['params']:,} parameters, recipe {info['recipe']}) "
+            f"on {info['device']} "
+            f"in {info['precision']}{', compiled' if info['compiled'] else ''}; split {info['split']}{given}; "
+            f"{info['epochs']} epochs of batch {info['batch_size']} ({info['steps']} steps) -> {info['out']}"
+            + (f"; skipped {info['skipped']} unreadable image(s)" if info["skipped"] else ""))
+        if info.get("size_rule"):
+            self._line(f"images at {'x'.join(map(str, info['image_size']))} px: {info['size_rule']}")
+        if (info.get("pretrained") or {}).get("hub_id"):
+            self._line(f"fine-tuning {info['pretrained']['hub_id']} (--pretrained {info['pretrained']['source']}) "
+                       "with a new classifier for these classes")
+
     def __call__(self, event: str, **info) -> None:
         if event == "setup":
-            self.total_steps, self.run_started = info["steps"], time.monotonic()
-            given = "" if info.get("test_source", "carved") == "carved" else f"; test split = {info['test_source']}"
-            self._line(
-                f"training {info['model']} ({info['params']:,} parameters, recipe {info['recipe']}) "
-                f"on {info['device']} "
-                f"in {info['precision']}{', compiled' if info['compiled'] else ''}; split {info['split']}{given}; "
-                f"{info['epochs']} epochs of batch {info['batch_size']} ({info['steps']} steps) -> {info['out']}"
-                + (f"; skipped {info['skipped']} unreadable image(s)" if info["skipped"] else ""))
+            self._setup(info)
+        elif event == "estimate":
+            self._line(f"estimated training time: {info['text']}")
+        elif event == "calibrated":
+            self._line(f"calibrated on {info['n']} validation images: temperature {info['temperature']:.2f}, "
+                       f"expected calibration error {info['ece_before']:.3f} -> {info['ece_after']:.3f}")
         elif event == "epoch_start":
             self.done_steps = info.get("done_steps", 0)
             self.task = self.progress.add_task(f"epoch {info['epoch'] + 1}", total=info["steps"], info="")

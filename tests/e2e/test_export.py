@@ -30,6 +30,9 @@ def test_onnx_matches_pytorch_on_every_test_image(cifar_model, tmp_path):
     meta = onnx_metadata(out.read_bytes())
     assert json.loads(meta["classes"]) == m.classes
     assert json.loads(meta["mean"]) == list(m.input.mean) and json.loads(meta["std"]) == list(m.input.std)
+    # the preprocessing and the calibration a consumer needs to reproduce predict's probabilities
+    assert json.loads(meta["resize_filter"]) == "bilinear" and "aspect ratio is not kept" in meta["resize"]
+    assert json.loads(meta["temperature"]) == m.calibration.temperature != 1.0
     runtime = OnnxRuntime(out.read_bytes(), m.input, m.classes, 0, torch.device("cpu"), "fp32")
     assert runtime.session.get_inputs()[0].name == "input"
     for n in (1, 7):  # dynamic batch: onnxruntime runs any batch size

@@ -18,7 +18,12 @@ def test_manifest_describes_the_model(digits_model):
     raw = json.loads((digits_model / "manifest.json").read_text())
     assert raw["schema_version"] == SCHEMA_VERSION and m.format == "safetensors"
     assert m.inference.name == "eager-fp32" and m.training.device == "cpu" and m.training.world_size == 1
-    assert sorted(m.files) == ["metrics.jsonl", "model.safetensors", "split.json"]
+    assert sorted(m.files) == ["curves.png", "metrics.jsonl", "model.safetensors", "split.json"]
+    assert (digits_model / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # temperature scaling, fitted on the validation split, made the probabilities mean what they say there
+    c = m.calibration
+    assert c.split == "val" and c.n == m.split.sizes["val"] and c.temperature > 0 and c.temperature_tta > 0
+    assert c.ece_after < c.ece_before and c.nll_after <= c.nll_before
     # the directory holds exactly the listed files: no checkpoints, no run marker
     assert sorted(p.name for p in digits_model.iterdir()) == sorted([*m.files, "manifest.json"])
     assert m.classes == [str(i) for i in range(10)] and m.input.size == (8, 8) and m.input.channels == 1

@@ -36,9 +36,30 @@ def test_every_setting_is_a_flag_whose_help_shows_its_dataclass_default(command,
 
 
 def test_choices_come_from_the_registries():
+    from gpuvision.cli import REGISTRY_NAMES
+    from gpuvision.compress import PLANS
+    from gpuvision.export import FORMATS
+
     by_dest = {a.dest: a for a in _subparser("train")._actions}
     assert by_dest["model"].choices == ["auto", *list_models()]
     assert by_dest["recipe"].choices == ["auto", *RECIPES.names()]
+    # the CLI names them without importing the registries (torch): the names must stay the registries' own
+    assert REGISTRY_NAMES == {"models": tuple(list_models()), "recipes": tuple(RECIPES.names()),
+                              "methods": tuple(PLANS), "formats": tuple(FORMATS.names())}
+
+
+def test_parsing_and_help_import_no_torch():
+    """`gpuvision --version`, `--help` and any command's first line come before torch is imported (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, io; from gpuvision.cli import build_parser, _starting\n"
+            "args = build_parser().parse_args(['evaluate', 'm'])\n"
+            "terminal = io.StringIO(); terminal.isatty = lambda: True; sys.stderr = terminal; _starting(args)\n"
+            "import gpuvision; gpuvision.__version__; sys.stderr = sys.__stderr__\n"
+            "print(terminal.getvalue().strip(), sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "evaluating m ... []", out.stdout
 
 
 def test_bad_flag_values_exit_2_in_one_line(capsys):

@@ -24,6 +24,7 @@ from ..artifact import WEIGHT_FILES, Inference, Manifest, ModelDir
 from ..errors import Unsupported, require
 from ..files import atomic_write
 from ..runtime import build_network
+from ..runtime.calibration import temperature
 from ..runtime.onnx import add_metadata, export_metadata, onnx_model, serialize
 
 # The operators with weights worth 8 bits; a batch-norm left after a max-pool (fastnet) stays fp32 beside them.
@@ -97,7 +98,8 @@ def make_int8(ctx, source: ModelDir, out: Path) -> Manifest:
             f"{m.format} (already quantised?)", Unsupported)
     net = build_network(source)
     calibration = ctx.inputs(ctx.calibration_images(), m)
-    meta = export_metadata(m.input, m.classes, m.tta_level, m.architecture["name"])
+    meta = export_metadata(m.input, m.classes, m.tta_level, m.architecture["name"],
+                           temperature=temperature(m.calibration, False))
     out.mkdir(parents=True)
     fp32 = out / ".fp32.onnx"
     weights = WEIGHT_FILES["onnx"]

@@ -110,8 +110,16 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+# How every image becomes the model's input size, in training, evaluation, predict and serving alike (the README
+# and exported models' metadata state it): no crop, so nothing at an image's edge is lost to a centre crop.
+RESIZE_FILTER = "bilinear"
+RESIZE_RULE = ("the whole image is resized to the model's input height x width (the aspect ratio is not kept) with "
+               "Pillow's bilinear filter, then made grey (ITU-R 601-2 luma) or colour (grey repeated) as the model "
+               "takes")
+
+
 def fit(a: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """An H x W x C image resized to size (H, W) and made grey or colour, where those are given."""
+    """An H x W x C image resized to size (H, W) and made grey or colour, where those are given (RESIZE_RULE)."""
     if size and a.shape[:2] != tuple(size):
         img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
         a = np.asarray(img.resize((size[1], size[0]), Image.BILINEAR))

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import logging
 import pickletools
 import zlib
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..errors import UserError, require
-from .images import IMAGE_SUFFIXES, conform, decode_image, decode_set
+from .images import IMAGE_SUFFIXES, conform, decode_image, decode_set, probe_image
 from .imageset import ImageSet, cache_key, load_cached, save_cached
 from .limits import allocate, env_bytes, parse_bytes
 from .safe_archive import is_archive, iter_members
@@ -70,6 +72,21 @@ def load_images(
         require(not strict, f"{src}: {len(images.skipped)} unreadable image(s): {names} (--strict refuses them)")
         log.warning("skipped %d unreadable image(s): %s", len(images.skipped), names)
     return images
+
+
+def native_side(src: str, sample: int = 256) -> int | None:
+    """The longer side of the most common size among a source's first `sample` images, read from their headers
+    (nothing is decoded); None for digits, CIFAR-10 and IDX files, whose images are small. The Trainer's default
+    size for photos starts from it."""
+    kind, path = _source_kind(src)
+    if kind == "folder":
+        blobs = (p for p in _walk(path) if p.is_file() and _is_image_name(p.relative_to(path).as_posix()))
+    elif kind == "archive":
+        blobs = (data for _, data in iter_members(path, wanted=_is_image_name) if data is not None)
+    else:
+        return None
+    sizes = Counter(h[:2] for h in map(probe_image, itertools.islice(blobs, sample)) if h)
+    return max(sizes.most_common(1)[0][0]) if sizes else None
 
 
 def source_fingerprint(src: str) -> str:

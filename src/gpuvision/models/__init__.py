@@ -6,7 +6,8 @@ here and nothing outside `models/` asks which network it has:
   * `pruning_ignored(net)`: the layers structured pruning must keep whole (None: the net is not prunable);
   * `width_args(net)`: the architecture arguments that rebuild a network whose channels were pruned;
   * `narrower(args, fraction)`: the arguments of the same architecture with every hidden layer narrower;
-  * `early_params(net)`: parameters that train only in the first part of a run (fastnet's whitening bias).
+  * `early_params(net)`: parameters that train only in the first part of a run (fastnet's whitening bias);
+  * `head(net)`: the classifier, which fine-tuning replaces and trains faster than the rest (models/pretrained.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ModelSpec:
     width_args: Callable[[nn.Module], dict] | None = None
     narrower: Callable[[dict, float], dict] | None = None
     early_params: Callable[[nn.Module], list[nn.Parameter]] | None = None
+    head: Callable[[nn.Module], nn.Module] | None = None
 
     @property
     def prunable(self) -> bool:

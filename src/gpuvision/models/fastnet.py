@@ -119,4 +119,4 @@ def _build(num_classes: int, in_channels: int, image_size: int, **kwargs) -> Fas
 
 register_model("fastnet", _build, description="airbench94-style net (about 2M parameters at widths 64/256/256)",
                data_init=init_whitening, pruning_ignored=_pruning_ignored, width_args=_width_args,
-               narrower=_narrower, early_params=lambda net: [net.whiten.bias])
+               narrower=_narrower, early_params=lambda net: [net.whiten.bias], head=lambda net: net.head)

@@ -80,6 +80,6 @@ def _round8(n: float) -> int:
 
 for _name in ("resnet18", "resnet34", "resnet50"):
     register_model(_name, lambda _arch=_name, **kw: _resnet(_arch, **kw), description=f"timm {_name}",
-                   pruning_ignored=lambda net: [net.get_classifier()],
+                   pruning_ignored=lambda net: [net.get_classifier()], head=lambda net: net.get_classifier(),
                    width_args=lambda net: {"layer_shapes": layer_shapes(net)},
                    narrower=lambda args, fraction, _arch=_name: _narrower(_arch, args, fraction))

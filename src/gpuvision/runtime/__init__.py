@@ -24,6 +24,7 @@ from ..config import Access
 from ..device import inference_precision, pick_device, pick_precision
 from ..errors import BadInput, NotFound, Unsupported, require
 from .base import Runtime, bucket, tta_logits
+from .calibration import probabilities
 from .onnx import OnnxRuntime, export_metadata, onnx_model, serialize
 from .torch_backends import EagerRuntime, InductorRuntime, build_network
 
@@ -37,6 +38,13 @@ def open_runtime(model_dir: ModelDir, device: str | torch.device = "auto", backe
     dev = pick_device(device) if isinstance(device, str) else device
     backend = backend or m.inference.backend
     require(backend in BACKENDS, f"unknown runtime {backend!r}; use {', '.join(BACKENDS)}", BadInput)
+    runtime = _runtime(model_dir, dev, backend, precision)
+    runtime.calibration = m.calibration
+    return runtime
+
+
+def _runtime(model_dir: ModelDir, dev: torch.device, backend: str, precision: str | None) -> Runtime:
+    m = model_dir.manifest
     args = (m.input, m.classes, m.tta_level, dev)
     if m.format == "onnx":
         require(backend == "onnxruntime", f"{model_dir.path} is an ONNX model ({m.inference.name}); it runs only "
@@ -76,9 +84,11 @@ class Model:
         return self.runtime.logits(images, self.manifest.tta_level > 0 if tta is None else tta, batch_size)
 
     def predict(self, images: list, top_k: int = 1, tta: bool | None = None) -> list[list[dict]]:
-        """Top-k classes for each image (a path, PIL image, H x W (x C) uint8 array); each {class, probability}."""
+        """Top-k classes for each image (a path, PIL image, H x W (x C) uint8 array); each {class, probability},
+        the probabilities calibrated by the manifest's temperature (runtime/calibration.py)."""
         require(top_k >= 1, f"--top-k must be at least 1, got {top_k}", BadInput)
-        probs = torch.softmax(self.logits(self.prepare(images), tta), dim=1)
+        tta = self.manifest.tta_level > 0 if tta is None else tta
+        probs = probabilities(self.logits(self.prepare(images), tta), self.runtime.temperature(tta))
         values, indices = probs.topk(min(top_k, len(self.classes)), dim=1)
         return [[{"class": self.classes[i], "probability": float(v)} for v, i in zip(vs, ix)]
                 for vs, ix in zip(values.tolist(), indices.tolist())]

@@ -25,6 +25,7 @@ class Runtime:
     """
 
     backend = "?"
+    calibration = None  # the manifest's Calibration (set by open_runtime), or None
     pads = False  # compiled backends compile once per input shape: pad batches to buckets
     channels_last = False
 
@@ -38,6 +39,11 @@ class Runtime:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def temperature(self, tta: bool = False) -> float:
+        """What this model's logits (with the recipe's TTA or without) are divided by before the softmax: the
+        manifest's calibration, or 1 (see runtime/calibration.py)."""
+        return self.calibration.for_tta(tta and self.tta_level > 0) if self.calibration else 1.0
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> torch.Tensor:

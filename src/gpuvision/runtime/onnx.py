@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.images import RESIZE_FILTER, RESIZE_RULE
 from ..data.input_spec import InputSpec
 from ..errors import IntegrityError
 from .base import Runtime
@@ -22,13 +23,17 @@ MAX_BATCH = 65536
 
 
 def export_metadata(spec: InputSpec, classes: list[str], tta_level: int, architecture: str,
-                    uint8_input: bool = False) -> dict[str, str]:
-    """What a consumer needs besides the graph: class names and how to scale the pixels (JSON strings)."""
+                    uint8_input: bool = False, temperature: float = 1.0) -> dict[str, str]:
+    """What a consumer needs besides the graph: class names, how to resize and scale the pixels, and the
+    temperature that calibrates the logits (JSON strings)."""
     values = {"classes": classes, "mean": list(spec.mean), "std": list(spec.std), "input_size": list(spec.size),
               "channels": spec.channels, "value_range": [0, 255], "tta_level": tta_level, "architecture": architecture,
-              "input_layout": "NHWC uint8 pixels" if uint8_input else "NCHW float32, normalised"}
+              "input_layout": "NHWC uint8 pixels" if uint8_input else "NCHW float32, normalised",
+              "resize_filter": RESIZE_FILTER, "temperature": temperature}
     notes = {"normalisation": "x = (pixels - mean) / std per channel, pixels in value_range" +
-             (" (inside the graph)" if uint8_input else ""), "producer": "gpuvision"}
+             (" (inside the graph)" if uint8_input else ""), "resize": RESIZE_RULE,
+             "probabilities": "softmax(logits / temperature): temperature scaling fitted on the validation split",
+             "producer": "gpuvision"}
     return {**{k: json.dumps(v) for k, v in values.items()}, **notes}
 
 

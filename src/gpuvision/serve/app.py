@@ -136,7 +136,8 @@ class Service:
         served, runtime = endpoint.served, endpoint.served.runtime
         parameters = {"backend": runtime.backend, "precision": runtime.precision, "device": str(runtime.device),
                       "runtime_choice": served.choice, "runtime_timings_ms": served.timings_ms,
-                      "max_batch_size": self.config.max_batch_size, "tta": self.config.tta}
+                      "max_batch_size": self.config.max_batch_size, "tta": self.config.tta,
+                      "temperature": runtime.temperature(self.config.tta)}
         return kserve_v2.model_metadata(served.name, served.version, runtime.spec, runtime.classes, parameters)
 
     async def model_ready(self, request: Request, endpoint: Endpoint) -> Response:
@@ -158,7 +159,8 @@ class Service:
             response_id, ids = prediction_ids(decoded.id, len(decoded.x))
             logits = await endpoint.batcher.submit(decoded.x, decoded.pixels, ids)
             content, headers = kserve_v2.encode_response(replace(decoded, id=response_id), logits, served.name,
-                                                         served.version, served.runtime.classes, ids)
+                                                         served.version, served.runtime.classes, ids,
+                                                         served.runtime.temperature(self.config.tta))
         return Response(content, headers=headers)
 
     async def predict(self, request: Request, name: str, top_k: int = Query(1, ge=1, le=upload.MAX_TOP_K)) -> dict:
@@ -172,7 +174,8 @@ class Service:
             ids = new_ids(len(files))
             logits = await endpoint.batcher.submit(x, pixels, ids)
             return upload.encode_response([n for n, _ in files], logits, served.runtime.classes, top_k,
-                                          served.name, served.version, ids)
+                                          served.name, served.version, ids,
+                                          served.runtime.temperature(self.config.tta))
 
     async def models(self) -> dict:
         """The models served: name, version, classes, and whether they are monitored"""

@@ -19,6 +19,7 @@ import torch
 
 from ..data.input_spec import InputSpec, normalise
 from ..errors import BadInput, require
+from ..runtime.calibration import probabilities
 from ..version import __version__
 
 INPUT = "input"
@@ -149,10 +150,12 @@ def _outputs(doc: dict) -> list[Output]:
 
 
 def encode_response(request: InferRequest, logits: torch.Tensor, model: str, version: str, classes: list[str],
-                    prediction_ids: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+                    prediction_ids: list[str] | None = None, temperature: float = 1.0
+                    ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or a JSON header followed by binary tensors; `prediction_ids`
-    (one per image, for feedback) go in the response's parameters."""
-    values = {"logits": logits, "probabilities": torch.softmax(logits, dim=1)}
+    (one per image, for feedback) go in the response's parameters; `probabilities` are calibrated by `temperature`
+    (the manifest's), `logits` are the model's own."""
+    values = {"logits": logits, "probabilities": probabilities(logits, temperature)}
     entries, blobs = [], []
     for out in request.outputs:
         value = values[out.name]

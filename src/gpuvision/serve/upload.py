@@ -11,6 +11,7 @@ from ..data.images import MAX_IMAGE_PIXELS, decode_image
 from ..data.input_spec import normalise
 from ..errors import BadInput, require
 from ..runtime import Model
+from ..runtime.calibration import probabilities
 
 FIELD = "file"  # the multipart field, repeatable
 MAX_TOP_K = 100_000
@@ -38,10 +39,11 @@ def decode_images(files: list[tuple[str, bytes]], model: Model, max_batch: int) 
 
 
 def encode_response(names: list[str], logits: torch.Tensor, classes: list[str], top_k: int, model: str,
-                    version: str, ids: list[str] | None = None) -> dict:
+                    version: str, ids: list[str] | None = None, temperature: float = 1.0) -> dict:
     """The CLI `predict` JSON for these images, each prediction with an id (new ones unless given: feedback names
-    a prediction by it); the model by name and version."""
-    values, indices = torch.softmax(logits, dim=1).topk(min(top_k, len(classes)), dim=1)
+    a prediction by it); the model by name and version; probabilities calibrated by `temperature` (the manifest's,
+    as predict uses)."""
+    values, indices = probabilities(logits, temperature).topk(min(top_k, len(classes)), dim=1)
     ids = ids or [uuid.uuid4().hex for _ in names]
     predictions = [{"id": i, "image": name,
                     "top": [{"class": classes[c], "probability": float(v)} for v, c in zip(vs, ix)]}

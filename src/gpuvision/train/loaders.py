@@ -3,7 +3,7 @@ memory, a memory-mapped cache, and read as batches stream), and the input normal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,12 +30,15 @@ class Loaders:
 
 
 def build_loaders(images: ImageSet, split: Split, recipe: Recipe, image_side: int, acceleration: Acceleration,
-                  device: torch.device, world: World, seed: int) -> Loaders:
+                  device: torch.device, world: World, seed: int, stats: tuple | None = None) -> Loaders:
     """The statistics come from training images drawn in proportion to the classes (a class-sorted source would
-    otherwise give the first class's); each process gets its block of each split (data/loader.py's Shard)."""
+    otherwise give the first class's), unless `stats` (mean, std) are given: those pretrained weights were trained
+    with; each process gets its block of each split (data/loader.py's Shard)."""
     pixels, labels = torch.from_numpy(images.images), torch.from_numpy(images.labels)
     stats_sample = stratified_sample(images.labels, split.train, STATS_IMAGES, seed)
     spec = InputSpec.from_images(pixels[torch.from_numpy(stats_sample)])
+    if stats is not None:
+        spec = replace(spec, mean=stats[0], std=stats[1])
     generator = torch.Generator(device=device).manual_seed(seed)
     blocks = []
     for indices in (split.train, split.val):

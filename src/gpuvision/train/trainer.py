@@ -29,6 +29,7 @@ import torch
 from ..artifact import (
     MANIFEST,
     WEIGHT_FILES,
+    Calibration,
     Inference,
     Manifest,
     Reference,
@@ -42,7 +43,7 @@ from ..config import Access, Cadence, TrainConfig
 from ..data import load_images, make_split
 from ..data.limits import env_bytes, parse_bytes
 from ..data.loader import Shard
-from ..data.split import save_split
+from ..data.split import save_split, stratified_sample
 from ..device import Acceleration, autocast, pick_device
 from ..device.acceleration import SETTINGS as ACCELERATION_SETTINGS
 from ..device.acceleration import resolve as resolve_acceleration
@@ -50,19 +51,25 @@ from ..device.acceleration import workload
 from ..errors import BadInput, UserError, require
 from ..files import atomic_write
 from ..models import count_params, create_model, default_model, load_pretrained, model_spec
+from ..models.pretrained import load_backbone
+from ..plots import training_curves
 from ..runtime import EagerRuntime
+from ..runtime.calibration import fit_on
 from ..runtime.reference import reference_figures
 from . import distributed, run_dir
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loaders import build_loaders
 from .recipes import create_recipe, default_recipe
 from .selection import BestEpoch
+from .sizing import RunEstimate, plan_inputs
 from .step import TrainStep
 
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"  # loss and accuracy per epoch
+CALIBRATION_IMAGES = 5_000  # validation images the temperature is fitted on (one scalar: plenty)
 DATA_INIT_IMAGES = 5_000  # of those, the ones a model's data-dependent initialisation sees (fastnet's whitening)
 LOGS_PER_EPOCH = 4  # logging points per epoch when a progress callback listens (each is one device sync)
 SYNC_BN_BELOW = 32  # sync_bn auto: batch norm over the global batch when a process's share is smaller than this
@@ -110,6 +117,8 @@ class Trainer:
         if cfg.resume:
             cfg = self._open_resume()
         self.device = pick_device(distributed.device_request(self.world, cfg.device))
+        # the size goes into the settings, so that evaluate and --resume decode alike
+        self.pretrained, cfg.image_size, self.size_rule = plan_inputs(cfg, self.device)
         self.owns_group = self.world.distributed and not torch.distributed.is_initialized()
         distributed.start(self.world, self.device)
         self._load_data()
@@ -123,8 +132,9 @@ class Trainer:
         self.acceleration = self._resolve_acceleration()
         self.precision, self.compiled = self.acceleration.precision, self.acceleration.compile
         self.model.to(self.device, memory_format=self.acceleration.memory_format)
+        stats = (self.pretrained.mean, self.pretrained.std) if self.pretrained and self.pretrained.from_hub else None
         loaders = build_loaders(self.images, self.split, self.recipe, self.image_side, self.acceleration, self.device,
-                                self.world, cfg.seed)
+                                self.world, cfg.seed, stats)
         self.train_loader, self.val_loader, self.spec = loaders.train, loaders.val, loaders.spec
         self.stats_sample, self.generator = loaders.stats_sample, loaders.generator
         self.streaming = self.acceleration.loader == "stream"
@@ -151,13 +161,17 @@ class Trainer:
             run_dir.start(self.out)
             save_split(self.out / SPLIT_FILE, self.images, self.split, cfg.seed)
         distributed.barrier()  # no process starts before rank 0 has made the run directory
+        self.estimate = RunEstimate(self.device, self.total_steps - self.step, self.image_side) \
+            if self.listening else None
         s = self.recipe.settings
         self.emit("setup", device=str(self.device), precision=self.precision, model=self.architecture["name"],
                   acceleration=self.acceleration.to_json(), world_size=self.world.size,
                   recipe=self.recipe.name, compiled=self.compiled, streaming=self.streaming,
                   params=count_params(self.model), split=self.split.sizes(), epochs=s.epochs,
                   batch_size=s.batch_size, steps=self.total_steps, out=str(self.out), skipped=len(self.images.skipped),
-                  val_source=self.split.val_source, test_source=self.split.test_source)
+                  val_source=self.split.val_source, test_source=self.split.test_source,
+                  image_size=list(self.spec.size), size_rule=self.size_rule,
+                  pretrained=self.pretrained.describe() if self.pretrained else None)
 
     def _resolve_acceleration(self) -> Acceleration:
         """The speed settings, resolved by rank 0 (from its measurements) and used alike by every process."""
@@ -175,7 +189,8 @@ class Trainer:
         cfg = self.config
         for turn in (True, False):
             if self.world.main == turn:
-                self.images = load_images(cfg.data, cfg.image_size, strict=cfg.strict,
+                hub = self.pretrained is not None and self.pretrained.from_hub
+                self.images = load_images(cfg.data, cfg.image_size, channels=3 if hub else None, strict=cfg.strict,
                                           max_decoded_bytes=cfg.max_decoded_bytes)
             if turn:
                 distributed.barrier()
@@ -223,14 +238,15 @@ class Trainer:
         cfg = self.config
         _, channels, height, width = self.images.images.shape
         self.image_side = max(height, width)
-        name = default_model(self.image_side) if cfg.model == "auto" else cfg.model
+        hub = self.pretrained.architecture if self.pretrained else None
+        name = hub or (default_model(self.image_side) if cfg.model == "auto" else cfg.model)
         self.recipe = create_recipe(default_recipe(name) if cfg.recipe == "auto" else cfg.recipe,
                                     epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                                     **cfg.recipe_args)
         self.recipe.access = self.access
         self.recipe.resolve(len(self.split.train), self.image_side, fine_tune=bool(cfg.pretrained))
         args = {"num_classes": len(self.images.classes), "in_channels": channels, "image_size": self.image_side,
-                **cfg.model_args}
+                **({"small_stem": False} if hub else {}), **cfg.model_args}  # hub weights have ImageNet's stem
         # Initialisation draws from the global generator (torch.nn.init has no other): seed it for this call only.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -239,7 +255,10 @@ class Trainer:
             except TypeError as e:
                 raise BadInput(f"model_args {cfg.model_args} do not fit a {name} ({e})") from e
         self.architecture = {"name": name, "args": args}
-        if cfg.pretrained:
+        if hub:
+            self.architecture["weights"] = self.pretrained.describe()
+            load_backbone(self.model, self.pretrained, model_spec(name).head(self.model))
+        elif cfg.pretrained:
             load_pretrained(self.model, cfg.pretrained)
 
     # --------------------------------------------------------------------------------------------- train
@@ -292,6 +311,8 @@ class Trainer:
                 break
             loss, logits = self.train_step(x, y, self.step, self.total_steps, loader.global_size(i))
             self.step += 1
+            if self.estimate and (estimate := self.estimate.after_step()):
+                self.emit("estimate", **estimate)
             finite = torch.isfinite(loss.detach())  # a skipped step's loss is left out of the epoch's figures
             images = 1 if recipe.loss_reduction == "sum" else len(y)  # the loss as a sum over the step's images
             loss_sum += torch.where(finite, loss.detach().float(), 0) * images
@@ -417,6 +438,16 @@ class Trainer:
         pixels, labels = self.images.images[self.split.test], self.images.labels[self.split.test]
         return reference_figures(logits, labels, pixels, runtime=runtime.name) if self.world.main else None
 
+    def calibrate(self) -> Calibration | None:
+        """Temperature scaling fitted on the validation split (runtime/calibration.py), with and without TTA."""
+        runtime = EagerRuntime(self.model, self.spec, self.images.classes, self.recipe.settings.tta_level,
+                               self.device, self.precision)
+        val = stratified_sample(self.images.labels, self.split.val, CALIBRATION_IMAGES, self.config.seed)
+        calibration = fit_on(runtime, self.images.images[val], self.images.labels[val])
+        if calibration:
+            self.emit("calibrated", **asdict(calibration))
+        return calibration
+
     def save_model(self) -> Manifest:
         """Write the weights, then manifest.json (last, vouching for every file), then drop the checkpoints (rank 0;
         the other processes wait for it and read what it wrote)."""
@@ -431,6 +462,8 @@ class Trainer:
         if self.best and self.best.epoch is not None:  # the weights are the best epoch's: so are the figures
             final = {**next(r for r in self.history if r["epoch"] == self.best.epoch),
                      "selected_by": f"best {self.best.metric}"}
+        training_curves(self.history, self.out / CURVES_FILE, self.best.epoch if self.best else None,
+                        f"{self.architecture['name']} on {self.images.name}")
         manifest = Manifest(
             format="safetensors", weights=weights, architecture=self.architecture, classes=self.images.classes,
             input=self.spec,
@@ -440,14 +473,15 @@ class Trainer:
             inference=Inference("eager", self.precision),
             training=Training(str(self.device), self.precision, self.world.size, self.compiled,
                               self.acceleration.to_json()),
-            tta_level=self.recipe.settings.tta_level, reference=reference, seed=cfg.seed,
+            tta_level=self.recipe.settings.tta_level, reference=reference, calibration=self.calibrate(),
+            seed=cfg.seed,
             settings=asdict(cfg), recipe=self.recipe.describe(), params=count_params(self.model),
             metrics={k: final[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                                            "selected_by") if k in final},
             versions=library_versions(), created=datetime.now().astimezone().isoformat(timespec="seconds"))
         if self.finalize:
             manifest = self.finalize(manifest, self.out)
-        files = [weights, SPLIT_FILE, METRICS_FILE]
+        files = [weights, SPLIT_FILE, METRICS_FILE, CURVES_FILE]
         if cfg.keep_checkpoints:
             files += sorted(p.relative_to(self.out).as_posix() for p in (self.out / "checkpoints").rglob("*")
                             if p.is_file())
@@ -486,10 +520,18 @@ class Trainer:
 
 
 def train(config: TrainConfig | None = None, on_event: Event | None = None, finalize: Finalize | None = None,
-          access: Access | None = None, **settings) -> TrainResult:
+          access: Access | None = None, verbose: bool = True, **settings) -> TrainResult:
     """Train a model: `gpuvision.train(data="digits", epochs=5)`; settings are TrainConfig fields; `access` opens a
-    model directory the recipe reads (the distill recipe's teacher: see `ModelDir.open`)."""
+    model directory the recipe reads (the distill recipe's teacher: see `ModelDir.open`).
+
+    Progress goes to stderr as on the command line (bars on a terminal, a line at most every 30 s otherwise),
+    unless `verbose=False` or an `on_event(event, **info)` callback takes the events instead."""
     config = replace(config or TrainConfig(), **settings)
+    if on_event is None and verbose:
+        from ..progress import TrainProgress
+
+        with TrainProgress() as progress:
+            return Trainer(config, progress, finalize, access).run()
     return Trainer(config, on_event, finalize, access).run()
 
 

@@ -1,6 +1,10 @@
 """The standard recipe, for ResNets and larger images: Nesterov SGD, warm-up then cosine decay, label smoothing,
 flip and translation, weight EMA for the final weights, and mirror TTA. The classic ResNet-on-CIFAR settings
 (learning rate 0.1 per 256 examples, weight decay 5e-4 on weights only), scaled by the batch size.
+
+Fine-tuning given weights (`--pretrained`): the new classifier trains at the full learning rate and the pretrained
+body at `body_lr` of it (a tenth), so the first steps' large gradients from a random head do not wreck the features;
+fewer steps suffice (`fine_tune_min_steps`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class StandardSettings(BaseSettings):
     cutout: int = 0
     tta_level: int = 1
     min_steps: int = 600
+    body_lr: float = 0.1  # fine-tuning: the pretrained body's learning rate, relative to the new classifier's
+    fine_tune_min_steps: int = 300
 
 
 @RECIPES.register("standard")
@@ -41,12 +47,15 @@ class StandardRecipe(Recipe):
         super().__init__(**overrides)
         self.average: WeightAverage | None = None
         self.steps_per_epoch = 1
+        self.fine_tune = False
 
     def resolve(self, n_train: int, image_size: int, fine_tune: bool = False) -> None:
         s = self.settings
+        self.fine_tune = fine_tune
         s.batch_size = s.batch_size or auto_batch_size(n_train, 256)
         self.steps_per_epoch = math.ceil(n_train / s.batch_size)
-        s.epochs = s.epochs or max(10.0, min(200.0, math.ceil(s.min_steps / self.steps_per_epoch)))
+        min_steps = s.fine_tune_min_steps if fine_tune else s.min_steps
+        s.epochs = s.epochs or max(10.0, min(200.0, math.ceil(min_steps / self.steps_per_epoch)))
 
     def augment(self, image_size: int) -> Augment:
         s = self.settings
@@ -60,7 +69,13 @@ class StandardRecipe(Recipe):
         s = self.settings
         lr = s.lr * s.batch_size / 256
         no_decay, decay = norm_and_bias_params(model)
-        groups = [dict(params=no_decay, weight_decay=0.0), dict(params=decay, weight_decay=s.weight_decay)]
+        head = {id(p) for p in spec.head(model).parameters()} if self.fine_tune and spec.head else set()
+        groups = []
+        for params, wd in ((no_decay, 0.0), (decay, s.weight_decay)):
+            for in_head, scale in ((False, s.body_lr if head else 1.0), (True, 1.0)):
+                chosen = [p for p in params if (id(p) in head) == in_head]
+                if chosen:
+                    groups.append(dict(params=chosen, weight_decay=wd, lr=lr * scale))
         return torch.optim.SGD(groups, lr=lr, momentum=s.momentum, nesterov=True, **optimizer_kernel(kernel))
 
     def lr_factor(self, step: int, total: int) -> float:
