@@ -63,12 +63,13 @@ def test_bench_quick_measures_every_section_on_the_cpu(cifar_subset_tar, own_pro
     assert json.loads(open(profile).read())["traceEvents"]
 
     # auto follows the eager rates bench recorded for this model on this machine
-    recorded = report["recorded"]["cpu"]["fastnet"]
+    key = acceleration.workload("fastnet", 32)  # rates are per model and image size
+    recorded = report["recorded"]["cpu"][key]
     assert recorded == {"fp32/nchw": eager["value"], "fp32/channels_last": rows["training", "+ channels_last"]["value"],
                         "bf16/channels_last": rows["training", "+ bf16 autocast"]["value"]}
-    assert probes.measured(CPU)["training"]["fastnet"] == recorded
-    precision, reason = acceleration.auto_precision(CPU, "fastnet")
-    assert "gpuvision bench measured fastnet" in reason
+    assert probes.measured(CPU)["training"][key] == recorded
+    precision, reason = acceleration.auto_precision(CPU, key)
+    assert f"gpuvision bench measured {key}" in reason
     faster = recorded["bf16/channels_last"] >= acceleration.FAST_RATIO * recorded["fp32/channels_last"]
     assert precision == ("bf16" if faster else "fp32")
 
