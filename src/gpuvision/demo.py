@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .artifact import ModelDir
 from .data import load_images
-from .data.split import load_split
+from .data.split import recorded_split
 from .errors import BadInput, require
 from .evaluate import evaluate
 from .files import write_json
@@ -44,7 +45,7 @@ def demo(out: str = "runs/digits-demo", on_event: Event | None = None, samples: 
     result = train(data="digits", out=str(root / "model"), on_event=on_event)
     report = evaluate(str(result.model_dir))
     images = load_images("digits")
-    test = load_split(result.model_dir / result.manifest.split.file, images).test[:samples]
+    test = recorded_split(ModelDir.open(result.model_dir), images).test[:samples]
     sample_dir = root / "samples"
     sample_dir.mkdir(exist_ok=True)
     paths = []

@@ -15,7 +15,7 @@ import numpy as np
 from .artifact import MANIFEST, ModelDir
 from .config import Access, EvaluateConfig
 from .data import load_images
-from .data.split import load_split
+from .data.split import recorded_split
 from .errors import BadInput, NotFound, UserError, require
 from .files import atomic_write, write_json
 from .runtime import Model, open_runtime
@@ -87,7 +87,7 @@ def select_images(model_dir: ModelDir, data: str, split: str) -> tuple[np.ndarra
         mapping = np.array([m.classes.index(c) for c in images.classes])
         return images.images, mapping[images.labels]
     require(split in ("test", "val"), f"unknown split {split!r}; use test, val or all", BadInput)
-    indices = load_split(model_dir.read_json(m.split.file), images).part(split)
+    indices = recorded_split(model_dir, images).part(split)
     require(len(indices) > 0, f"the {split} split is empty (trained with --val-fraction 0?); use --split test",
             BadInput)
     require(images.classes == m.classes, f"{data}: its classes differ from the model's", BadInput)

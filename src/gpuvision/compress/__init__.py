@@ -29,9 +29,9 @@ import torch
 
 from ..artifact import Manifest, ModelDir, draft, library_versions, write_manifest
 from ..config import Access, CompressConfig
-from ..data import ImageSet, Split, load_images, make_split
+from ..data import ImageSet, Split, load_images
 from ..data.input_spec import normalise
-from ..data.split import load_split
+from ..data.split import load_split, recorded_split
 from ..errors import BadInput, Unsupported, UserError, require
 from ..files import memory_workspace
 from ..protect import encrypt_dir
@@ -191,10 +191,7 @@ def _load_data(config: CompressConfig, model_dir: ModelDir) -> tuple[ImageSet, S
     images = load_images(config.data, m.input.size, channels=m.input.channels)
     require(images.classes == m.classes, f"--data {config.data}: its classes ({', '.join(images.classes)}) are not "
             f"the model's ({', '.join(m.classes)}); give the data the model was trained on", BadInput)
-    if images.fingerprint == m.split.source_fingerprint:
-        return images, load_split(model_dir.read_json(m.split.file), images)
-    return images, make_split(images, m.settings.get("val_fraction", 0.1), m.settings.get("test_fraction", 0.2),
-                              m.seed)
+    return images, recorded_split(model_dir, images)
 
 
 def _out_dir(config: CompressConfig) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,6 +110,32 @@ def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
         "seed": seed,
         **{part: [keys[i] for i in split.part(part)] for part in ("train", "val", "test")},
     })
+
+
+class RecordsSplit(Protocol):
+    """What `recorded_split` needs of a model directory (artifact.ModelDir, which sits above data/)."""
+
+    path: Path
+    manifest: Any  # its .split is an artifact.SplitRecord
+
+    def read_json(self, name: str) -> Any: ...
+
+
+def recorded_split(model_dir: RecordsSplit, images: ImageSet) -> Split:
+    """The train/val/test split a model directory recorded at training, as indices into `images` (its source,
+    decoded now): the one resolver of a model's images, used by evaluate, compress, demo, attacks and monitoring.
+
+    The split file is read through the model directory (verified, and decrypted if encrypted). A source whose
+    fingerprint differs from the recorded one is a UserError, never a newly drawn split: a model's test images are
+    the ones it was tested on, or none."""
+    record = model_dir.manifest.split
+    if images.fingerprint != record.source_fingerprint:
+        raise UserError(
+            f"{images.source} changed since the model was trained on it ({model_dir.path} recorded another "
+            "fingerprint), so its recorded split no longer exists: give the data it was trained on, or retrain "
+            "(evaluate --split all scores every image of any labelled source)"
+        )
+    return load_split(model_dir.read_json(record.file), images)
 
 
 def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
