@@ -11,9 +11,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Unsupported, require
+import numpy as np
+
+from .errors import BadInput, Unsupported, UserError, require
 
 MEMORY_FS = "/dev/shm"
+MAX_JSON_DEPTH = 64  # far above any file gpuvision writes (a manifest nests 4 deep), far below Python's recursion
+_STEP = np.zeros(256, np.int8)  # how each byte changes the nesting of JSON text
+_STEP[[ord("["), ord("{")]], _STEP[[ord("]"), ord("}")]] = 1, -1
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
@@ -39,6 +44,50 @@ def umask() -> int:
 def write_json(path: str | Path, obj) -> None:
     """Write obj as indented JSON, atomically."""
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def parse_json(raw: bytes | str, where: str, kind: type[UserError] = BadInput, max_depth: int = MAX_JSON_DEPTH):
+    """JSON from a file or body someone else may have written: its nesting is bounded before parsing (Python's
+    parser recurses, so 100,000 '[' is a RecursionError) and an object that repeats a key is refused (json keeps
+    the last value silently, so two readers could see two different files). Any problem is one `kind` error."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    require(json_depth(raw, max_depth) <= max_depth, f"{where}: JSON nested more than {max_depth} deep; refusing it",
+            kind)
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError, as is a repeated key
+        raise kind(f"{where}: not valid JSON ({str(e)[:200]})") from e
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {repeated!r} appears twice in one object")
+    return obj
+
+
+def json_depth(raw: bytes, stop_above: int | None = None, chunk: int = 1 << 22) -> int:
+    """The deepest nesting of [ and { in JSON text, outside strings (or a depth over `stop_above`, as soon as one is
+    seen): vectorised, in chunks of bounded memory, linear in the text (a regular expression over hostile strings
+    can be made quadratic)."""
+    # Escapes first, pair by pair from the left (as JSON reads them): what remains of a quote then delimits a string.
+    text = np.frombuffer(raw.replace(b"\\\\", b"__").replace(b'\\"', b"__"), np.uint8)
+    depth = deepest = odd = 0
+    for start in range(0, len(text), chunk):
+        part = text[start : start + chunk]
+        steps, quotes = _STEP[part], part == ord('"')
+        if quotes.any():  # a bracket between an odd and an even quote is inside a string
+            seen = np.cumsum(quotes, dtype=np.int32) + odd  # parity survives int32 overflow
+            steps, odd = steps * (seen % 2 == 0), int(seen[-1]) % 2
+        if steps.any():
+            levels = np.cumsum(steps, dtype=np.int32) + depth
+            deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
+            if stop_above is not None and deepest > stop_above:
+                break
+    return deepest
 
 
 def sha256_file(path: str | Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -10,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import IntegrityError, UserError, require
-from ..files import write_json
+from ..files import parse_json, write_json
 from .imageset import ImageSet
 
 
@@ -144,7 +143,7 @@ def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
     if isinstance(saved, Path):
         saved = saved.read_bytes()
     if isinstance(saved, bytes):
-        saved = json.loads(saved)
+        saved = parse_json(saved, "the recorded split", IntegrityError)
     require(isinstance(saved, dict) and all(isinstance(saved.get(p), list) for p in ("train", "val", "test")),
             "the recorded split is malformed (not {source_fingerprint, train, val, test})", IntegrityError)
     if saved.get("source_fingerprint") != images.fingerprint:

@@ -175,7 +175,7 @@ class Trainer:
                 raise BadInput(f"model_args {cfg.model_args} do not fit a {name} ({e})") from e
         self.architecture = {"name": name, "args": args}
         if cfg.pretrained:
-            load_pretrained(self.model, cfg.pretrained)
+            load_pretrained(self.model, cfg.pretrained, cfg.pretrained_partial)
         self.model.to(self.device, memory_format=torch.channels_last)
 
     def _build_loaders(self) -> None:

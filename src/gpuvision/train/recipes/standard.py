@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import bounds
 from ...data.augment import Augment
 from ...models import ModelSpec
 from . import RECIPES, BaseSettings, Recipe, WeightAverage, auto_batch_size, norm_and_bias_params, step_kernel
@@ -29,6 +30,10 @@ class StandardSettings(BaseSettings):
     cutout: int = 0
     tta_level: int = 1
     min_steps: int = 600
+
+    BOUNDS = {"momentum": bounds(0, 1), "weight_decay": bounds(0, 1e6), "warmup_fraction": bounds(0, 1),
+              "ema_half_life": bounds(0, 1e6, low_open=True), "ema_every": bounds(1, 1e6),
+              "translate_fraction": bounds(0, 1), "cutout": bounds(0, 4096), "min_steps": bounds(0, 1e9)}
 
 
 @RECIPES.register("standard")
