@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from .config import Access
 from .crypto import aead, keys, signing
 from .data.input_spec import InputSpec
-from .errors import IntegrityError, NotFound, Unsupported, UserError, require
+from .errors import BadInput, IntegrityError, NotFound, Unsupported, UserError, require
 from .files import atomic_write, parse_json, sha256_file, write_json
 
 SCHEMA_VERSION = 2
@@ -329,6 +329,15 @@ class ModelDir:
         (without it, an encrypted directory is checked as stored)."""
         for name in self.manifest.files:
             (self.read if self.data_key else self.read_stored)(name)
+
+
+def check_outside_models(target: str | Path, flag: str = "--out") -> None:
+    """Refuse an output that lies inside a model directory, at any depth: a model directory holds exactly its listed
+    files, so anything written into it would make every reader refuse it as altered."""
+    target = Path(target)
+    for parent in target.resolve().parents:
+        require(not (parent / MANIFEST).is_file(), f"{flag} {target} lies inside the model directory {parent}, which "
+                "is never written after it is made: choose another place", BadInput)
 
 
 def bound_digest(manifest: dict) -> bytes:

@@ -9,18 +9,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .artifact import ModelDir
+from .artifact import ModelDir, check_outside_models
 from .data import load_images
 from .data.split import recorded_split
-from .errors import BadInput, require
+from .errors import BadInput, UserError, require
 from .evaluate import evaluate
-from .files import write_json
+from .files import OutputLock, empty_dir, write_json
 from .runtime import load
 from .train.trainer import Event, train
 
@@ -28,20 +27,28 @@ MARKER = "demo.json"
 
 
 def _fresh(out: Path) -> None:
-    """Empty `out` for the demo: only a directory an earlier demo made (or an empty one) is replaced."""
-    require(not out.is_file(), f"--out {out} is a file; give a directory", BadInput)
-    if out.is_dir() and any(out.iterdir()):
+    """Empty the locked `out` for the demo: only a directory an earlier demo made (or an empty one) is replaced."""
+    if any(out.iterdir()):
         require((out / MARKER).is_file(), f"--out {out} exists and is not a demo directory; the demo replaces only "
                 "its own output: choose another --out", BadInput)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, {"schema_version": 1, "status": "running"})
+    try:
+        empty_dir(out)
+        write_json(out / MARKER, {"schema_version": 1, "status": "running"})
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from e
 
 
 def demo(out: str = "runs/digits-demo", on_event: Event | None = None, samples: int = 5) -> dict:
     """Train, evaluate, save and predict on scikit-learn's digits; returns where everything went."""
     root = Path(out)
-    _fresh(root)
+    require(not root.is_file(), f"--out {root} is a file; give a directory", BadInput)
+    check_outside_models(root)
+    with OutputLock(root):
+        _fresh(root)
+        return _demo(root, on_event, samples)
+
+
+def _demo(root: Path, on_event: Event | None, samples: int) -> dict:
     result = train(data="digits", out=str(root / "model"), on_event=on_event)
     report = evaluate(str(result.model_dir))
     images = load_images("digits")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import MANIFEST, ModelDir
+from .artifact import MANIFEST, ModelDir, check_outside_models
 from .config import Access, EvaluateConfig
 from .data import load_images
 from .data.split import recorded_split
 from .errors import BadInput, NotFound, UserError, require
-from .files import atomic_write, write_json
+from .files import OutputLock, atomic_write, write_json
 from .runtime import Model, open_runtime
 
 REPORT_SCHEMA_VERSION = 1
@@ -108,6 +108,7 @@ def report_dir(model_dir: Path, out: str | None) -> Path:
     require(not (target / MANIFEST).exists(), f"--out {target} is a model directory; model directories are never "
             "written after they are made: choose another --out", BadInput)
     require(not target.is_file(), f"--out {target} is a file; give a directory", BadInput)
+    check_outside_models(target)
     return target
 
 
@@ -119,6 +120,11 @@ def evaluate(config: EvaluateConfig | str, access: Access | None = None, **setti
     config.validate()
     model_dir = ModelDir.open(config.model_dir, access)
     out = report_dir(model_dir.path, config.out)
+    with OutputLock(out):
+        return _evaluate(config, model_dir, out)
+
+
+def _evaluate(config: EvaluateConfig, model_dir: ModelDir, out: Path) -> dict:
     model = Model(model_dir, open_runtime(model_dir, config.device))
     data = recorded_data(model_dir, config.data)
     images, labels = select_images(model_dir, data, config.split)
@@ -135,7 +141,6 @@ def evaluate(config: EvaluateConfig | str, access: Access | None = None, **setti
         **classification_report(labels, logits.argmax(1).numpy(), model.classes),
     }
     try:
-        out.mkdir(parents=True, exist_ok=True)
         report["report"] = str(out / f"{config.split}.json")
         if config.plot:
             report["confusion_png"] = str(out / f"{config.split}-confusion.png")

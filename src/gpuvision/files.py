@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +34,54 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class OutputLock:
+    """An exclusive OS lock on an output directory for as long as a command writes it (released when the process
+    ends, however it ends): a second writer into the same place gets a clear error instead of mixing or deleting
+    the first one's files. Every writer takes it: train, compress, encrypt, decrypt, evaluate, demo, sign.
+
+    `what` names the directory in errors (default `--out DIR`). The directory is made if missing; one this lock
+    made and nothing was written into (a refused command) goes again on release."""
+
+    def __init__(self, out: Path, what: str | None = None):
+        self.out, self.what, self.fd, self.created = Path(out), what or f"--out {out}", None, False
+
+    def acquire(self) -> OutputLock:
+        try:
+            self.created = not self.out.exists()
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.out, os.O_RDONLY)
+        except OSError as e:
+            raise UserError(f"{self.what}: cannot create or open it ({e.strerror}); choose a writable "
+                            "directory") from e
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            self.release()
+            raise UserError(f"{self.what} is in use by another gpuvision run; wait for it or choose another "
+                            "directory") from e
+        return self
+
+    def release(self) -> None:
+        """Unlock; a directory this lock created and nothing was written into goes again."""
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+            if self.created and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def empty_dir(path: Path) -> None:
+    """Remove everything inside a directory (links as links), keeping the directory itself (and its lock)."""
+    for child in Path(path).iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def umask() -> int:

@@ -108,8 +108,17 @@ def test_bad_settings_and_bad_model_args_exit_2(capsys, tmp_path):
     config.write_text("epochs: ten\n")
     assert "--epochs must be float" in refused(capsys, "train", "--config", config, "--out", tmp_path / "a")
     config.write_text("model_args: {bogus: 1}\nepochs: 1\n")
-    assert "do not fit" in refused(capsys, "train", "--config", config, "--out", tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert "does not take the arguments" in refused(capsys, "train", "--config", config, "--out", tmp_path / "b")
+    # issue 22, case 16: every nested setting is checked before anything is written (each was a traceback)
+    for text, words in [("recipe_args: {lr: 0.1}", "a setting of its own"),
+                        ("recipe_args: {label_smoothing: 5}", "label_smoothing must be in [0, 1]"),
+                        ("recipe_args: {momentum: yes}", "momentum must be float"),
+                        ("model_args: {num_classes: 3}", "set from the data"),
+                        ("model_args: {widths: [100000, 100000, 100000]}", "more than the"),
+                        ("recipe: distill\nrecipe_args: {teacher: x, alpha: '0.5'}", "alpha must be float")]:
+        config.write_text(text + "\nepochs: 1\n")
+        assert words in refused(capsys, "train", "--config", config, "--out", tmp_path / "c"), text
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 @pytest.mark.parametrize("manifest, words", [("[]", "JSON object"), ("null", "JSON object"), ("{", "not valid JSON")])
