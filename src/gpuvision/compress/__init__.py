@@ -201,10 +201,7 @@ def _out_dir(config: CompressConfig) -> Path:
         require(config.overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it", BadInput)
         require((out / "report.json").is_file() or (out / MARKER).is_file(), f"--out {out} is not a directory "
                 "compress wrote; --overwrite replaces only those: choose another --out", BadInput)
-    parent = Path(config.model_dir).resolve()
-    require(not (out.resolve() == parent or out.resolve().is_relative_to(parent)),
-            "--out must not be the model directory or lie inside it", BadInput)
-    check_outside_models(out)
+    check_outside_models(out)  # the parent's own directory too
     return out
 
 
