@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from dataclasses import MISSING, fields
 
 from .errors import BadInput, UserError
@@ -335,19 +337,41 @@ COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "pre
             "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread wherever it is, so every cleanup runs (temporary files, a half-written
+    --out, the in-memory workspace of decrypted weights) before the process ends."""
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library code logs; the CLI shows gpuvision's own information lines (progress in logs) and everyone's warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("gpuvision").setLevel(logging.INFO)
+    previous, terminated = None, []
+
+    def terminate(signum, frame):
+        terminated.append(signum)  # Terminated may come back as another error (e.g. an extension's ImportError)
+        raise Terminated
+
     try:
         args = build_parser().parse_args(argv)
+        # serve keeps Python's SIGTERM: uvicorn drains requests on it, then ends by the signal
+        if args.command != "serve" and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, terminate)
         return COMMANDS[args.command](args)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as e:
+        if terminated:
+            print("error: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        if isinstance(e, UserError):
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
+            return 2
+        if isinstance(e, KeyboardInterrupt):
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def flag_table() -> str:

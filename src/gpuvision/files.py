@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -147,20 +149,34 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Waits for its stdin to close, which happens when the process that started it ends, however it ends (SIGKILL
+# included), then removes the directory it was given. Its own session: a signal to the caller's group spares it.
+_REAPER = "import shutil, sys; sys.stdin.buffer.read(); shutil.rmtree(sys.argv[1], ignore_errors=True)"
+
+
 @contextmanager
 def memory_workspace() -> Iterator[Path]:
     """A fresh owner-only directory in memory (the tmpfs at /dev/shm), with `tempfile`'s directory pointed into it
     meanwhile; both are undone afterwards. For work on decrypted weights by libraries that insist on files
-    (onnxruntime's quantisation, the Trainer's output): the plaintext then never reaches a disk."""
+    (onnxruntime's quantisation, the Trainer's output): the plaintext then never reaches a disk, and does not
+    outlive the process: a reaper process removes the directory as soon as this one ends, even by SIGKILL."""
     require(_is_tmpfs(MEMORY_FS), f"this needs a memory file system at {MEMORY_FS} (Linux) to keep decrypted "
             "weights off the disk; run it on Linux, or decrypt the model first", Unsupported)
     path, saved = tempfile.mkdtemp(prefix="gpuvision-", dir=MEMORY_FS), tempfile.tempdir
+    try:
+        reaper = subprocess.Popen([sys.executable, "-I", "-c", _REAPER, path], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     tempfile.tempdir = path
     try:
         yield Path(path)
     finally:
         tempfile.tempdir = saved
         shutil.rmtree(path, ignore_errors=True)
+        reaper.stdin.close()
+        reaper.wait()
 
 
 def _is_tmpfs(path: str) -> bool:

@@ -126,9 +126,11 @@ def _data_key(access: Access, command: str) -> bytes:
 
 
 def _new(out: str | None, source: Path, suffix: str) -> Path:
+    """The new directory to write: absent, or empty (as a run killed before its rename leaves it)."""
     target = Path(out) if out else source.parent / f"{source.name}{suffix}"
-    require(not (target.exists() or target.is_symlink()), f"--out {target} exists; nothing is overwritten: choose "
-            "another --out", BadInput)
+    empty = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
+    require(empty or not (target.exists() or target.is_symlink()), f"--out {target} exists; nothing is overwritten: "
+            "choose another --out", BadInput)
     check_outside_models(target)
     return target
 
