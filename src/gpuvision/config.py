@@ -295,6 +295,10 @@ class ServeConfig(Validated):
                              high=64)
     max_body_mb: float = setting(10.0, "largest request body in MB (decompressed too); beyond it 413", low=0,
                                  high=4096, low_open=True)
+    request_timeout: float = setting(10.0, "seconds a request's headers and body may take to arrive; a slower one "
+                                     "gets 408 and its connection is closed", low=0.1, high=3600)
+    max_client_connections: int = setting(64, "open connections per client address; past it that client's "
+                                          "longest-waiting idle or slow one is closed", low=1, high=1 << 16)
     api_key_file: str | None = setting(None, "file holding the key clients send as 'Authorization: Bearer KEY'")
     metrics_public: bool = setting(False, "serve /metrics without the API key")
     insecure: bool = setting(False, "allow a non-loopback --host without --api-key-file")

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def read_key(path: str) -> str:
-    """The API key in a file (surrounding whitespace ignored)."""
+    """The API key in a file (surrounding whitespace ignored); a warning if other users may read the file."""
     file = Path(path)
     require(file.is_file(), f"--api-key-file {path}: no such file", NotFound)
+    if file.stat().st_mode & 0o077:
+        log.warning("--api-key-file %s is readable by other users of this machine; `chmod 600 %s`", path, path)
     key = file.read_text(errors="replace").strip()
     require(len(key) >= 16, f"--api-key-file {path}: the key must be at least 16 characters", BadInput)
     return key
@@ -50,14 +52,16 @@ def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, a
     with listen(config.host, config.port) as sock:  # first: a taken port fails before the models load
         models = open_models(config, access)
         app = build_app(models, config, key)
-        url = f"{'https' if config.ssl_certfile else 'http'}://{config.host}:{sock.getsockname()[1]}"
+        host = f"[{config.host}]" if ":" in config.host else config.host  # an IPv6 address in a URL (RFC 3986)
+        url = f"{'https' if config.ssl_certfile else 'http'}://{host}:{sock.getsockname()[1]}"
         log.info("serving %s on %s (OpenAPI at /openapi.json; SIGTERM or Ctrl-C stops)",
                  ", ".join(m.name for m in models), url)
         if on_ready is not None:
             on_ready({"url": url, "models": [{"name": m.name, "version": m.version, "runtime": m.runtime.name,
                                               "choice": m.choice} for m in models]})
-        # Connections past this get uvicorn's own 503: requests being received are bounded, as queued ones are.
-        make_server(app, config.ssl_certfile, config.ssl_keyfile, 2 * config.max_queue + 64).run(sockets=[sock])
+        # Connections are bounded as queued requests are (transport.py: past the bound, the slowest gives way).
+        make_server(app, config.ssl_certfile, config.ssl_keyfile, 2 * config.max_queue + 64, config.request_timeout,
+                    config.max_client_connections).run(sockets=[sock])
 
 
 __all__ = ["read_key", "serve"]
