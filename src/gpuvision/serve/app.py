@@ -29,12 +29,12 @@ from . import kserve_v2, upload
 from .batcher import Batcher
 from .metrics import Metrics, ModelStats
 from .repository import ServedModel
-from .transport import BodyLimit, ByteBudget, TooLarge, check_key, declared_length, decode_body
+from .transport import BodyLimit, Busy, ByteBudget, TooLarge, check_key, declared_length, decode_body
 
 INLINE_BYTES = 64 << 10  # smaller KServe bodies decode on the event loop: a thread hop would cost more than decoding
 INLINE_VALUES = 1 << 14  # smaller responses (rows x classes x outputs) encode on the loop, larger ones off it
 DECODERS = 2  # threads that decode request bodies and encode large responses: each may hold one decoded image
-BODY_BUDGET = 64 << 20  # bytes of request bodies in memory at once (at least 4 of the largest allowed)
+BODY_BUDGET = 256 << 20  # bytes of request bodies in memory at once (at least 4 of the largest allowed)
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request, e: ClientDisconnect):  # one line, not a traceback: nobody is left to answer
-        log.info("%s %s: the client went away before its request had arrived", request.method, request.url.path)
+        log.info("%s %s: the connection closed before the request had arrived (the client left, or was too slow "
+                 "for --request-timeout)", request.method, request.url.path)
         return Response(status_code=400)
 
     @app.exception_handler(Exception)
@@ -117,11 +118,19 @@ class Service:
     @asynccontextmanager
     async def receive(self, request: Request, limit: int | None = None) -> AsyncIterator[bytes | None]:
         """Room for the request's body in the server's budget of bodies held in memory, for as long as the block
-        runs; with `limit`, the body itself, read (at most `limit` bytes, decompressed) once there is room."""
+        runs; with `limit`, the body itself, read (at most `limit` bytes, decompressed) once there is room. Without
+        room within half the request timeout, the body is read and dropped, and the answer is 503 (Retry-After)."""
         declared = declared_length(request.headers.get("content-length"))
         if limit is not None and declared is not None and declared > limit:  # refused before it is read
             raise TooLarge(self._over(limit))
-        async with self.bodies.hold(declared if declared is not None else limit or self.max_bytes):
+        try:
+            held = await self.bodies.acquire(declared if declared is not None else limit or self.max_bytes,
+                                             self.config.request_timeout / 2)
+        except Busy:
+            async for _ in request.stream():  # drained, not kept: the client then reads the 503
+                pass
+            raise
+        try:
             if limit is None:
                 yield None
                 return
@@ -132,6 +141,8 @@ class Service:
                     raise TooLarge(self._over(limit))
                 chunks.append(chunk)
             yield decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+        finally:
+            await self.bodies.release(held)
 
     def _over(self, limit: int) -> str:
         why = "(--max-body-mb)" if limit >= self.max_bytes else "(the most this model's inputs can need)"

@@ -63,11 +63,15 @@ def _int(value, what: str, low: int = 0, high: int | None = None) -> int:
     return value
 
 
+def max_values(spec: InputSpec, max_batch: int) -> int:
+    """The most tensor values one request may carry: max_batch images."""
+    return max_batch * spec.channels * spec.size[0] * spec.size[1]
+
+
 def max_request_bytes(spec: InputSpec, max_batch: int, binary: bool) -> int:
     """The largest infer request body this model can need: max_batch images' values as JSON text, or with the
     binary extension as raw bytes after a small JSON header. Anything larger is refused before it is parsed."""
-    values = max_batch * spec.channels * spec.size[0] * spec.size[1]
-    return HEADER_SLACK + values * (4 if binary else VALUE_TEXT)
+    return HEADER_SLACK + max_values(spec, max_batch) * (4 if binary else VALUE_TEXT)
 
 
 def decode_request(body: bytes, header_length: str | None, spec: InputSpec, max_batch: int) -> InferRequest:
@@ -79,10 +83,14 @@ def decode_request(body: bytes, header_length: str | None, spec: InputSpec, max_
         require(length is not None and length <= len(body), f"{HEADER_LENGTH} {header_length[:20]!r} is not a "
                 f"length within the {len(body)}-byte body", BadInput)
         header, data = body[:length], body[length:]
-    limit = max_request_bytes(spec, max_batch, binary=False)
-    if len(header) > limit:  # the element count this model can take, checked before any array is built
-        raise TooLarge(f"a JSON request for this model is at most {limit:,} bytes ({max_batch} images of "
-                       f"{spec.channels} x {spec.size[0]} x {spec.size[1]} values); this one is {len(header):,}")
+    # The values this model can take, checked before any parsing: by size, then by separators (C-speed counts).
+    limit, values = max_request_bytes(spec, max_batch, binary=False), max_values(spec, max_batch)
+    what = f"{max_batch} images of {spec.channels} x {spec.size[0]} x {spec.size[1]} values"
+    if len(header) > limit:
+        raise TooLarge(f"a JSON request for this model is at most {limit:,} bytes ({what}); this one is "
+                       f"{len(header):,}")
+    if header.count(b",") > values + HEADER_SLACK // 64:
+        raise TooLarge(f"the request holds more values than this model takes ({what}); send at most that")
     doc = parse_json(header, "the request", BadInput, MAX_DEPTH)
     require(isinstance(doc, dict), "the request must be a JSON object with `inputs`", BadInput)
     request_id = doc.get("id")

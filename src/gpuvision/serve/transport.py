@@ -5,11 +5,13 @@ uvicorn handles SIGTERM and SIGINT gracefully: it stops accepting, lets requests
 GRACE_SECONDS), then runs the app's shutdown, which stops the batchers.
 
 Against slow or hoarding clients (slowloris): a request's headers and body must arrive within `request_timeout`
-seconds of the connection opening or of the previous response (else 408 and the connection is closed); one client
-address holds at most `per_client` connections and the server `max_connections`; past either, the connection that
-has waited longest for its request (a slow or idle one) is closed to make room, so a new client, a health check
-among them, always gets in. uvicorn's own `limit_concurrency` would instead answer every new request 503, health
-checks included, while slow connections hold the server.
+seconds of the connection opening or of the previous response (else 408 and the connection is closed); a body
+earns one more second per MIN_RATE bytes received (as Apache's mod_reqtimeout), and time the server itself is not
+reading (its budget of bodies in memory is full) does not count. One client address holds at most `per_client`
+connections and the server `max_connections`; past either, the connection that has waited longest for its request
+(a slow or idle one) is closed to make room, so a new client, a health check among them, gets in. uvicorn's own
+`limit_concurrency` would instead answer every new request 503, health checks included, while slow connections
+hold the server.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import re
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from ..errors import BadInput, Unsupported, UserError
 
 GRACE_SECONDS = 30
+MIN_RATE = 64 << 10  # bytes a second: a body arriving at least this fast earns the time it needs
 
 
 class TooLarge(UserError):
@@ -75,26 +76,37 @@ class BodyLimit:
         return f"the request body is over {self.max_bytes:,} bytes (--max-body-mb)"
 
 
+class Busy(UserError):
+    """The server is at a bound of its own (bodies in memory): the caller should retry shortly."""
+
+    http_status = 503
+
+
 class ByteBudget:
     """Bytes of request bodies held in memory at once, server-wide. A request waits for room before its body is
-    read (its bytes wait in the kernel, unread, meanwhile), so many large bodies at once cannot exhaust memory."""
+    read (its bytes wait unread in the kernel meanwhile), so many large bodies at once cannot exhaust memory; one
+    that finds none within `wait` seconds gets Busy."""
 
     def __init__(self, capacity: int):
         self.capacity, self.used = capacity, 0
         self._freed = asyncio.Condition()
 
-    @asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[None]:
+    async def acquire(self, size: int, wait: float) -> int:
+        """Room for `size` bytes (at most the capacity), waiting up to `wait` seconds; returns what to release."""
         size = min(size, self.capacity)
         async with self._freed:
-            await self._freed.wait_for(lambda: self.used + size <= self.capacity)
+            try:
+                await asyncio.wait_for(self._freed.wait_for(lambda: self.used + size <= self.capacity), wait)
+            except asyncio.TimeoutError as e:  # not the builtin TimeoutError before Python 3.11
+                raise Busy(f"the server holds {self.used / 1e6:.0f} MB of other requests' bodies; retry "
+                           "shortly") from e
             self.used += size
-        try:
-            yield
-        finally:
-            async with self._freed:
-                self.used -= size
-                self._freed.notify_all()
+        return size
+
+    async def release(self, size: int) -> None:
+        async with self._freed:
+            self.used -= size
+            self._freed.notify_all()
 
 
 def declared_length(value: bytes | str | None, digits: int = 15) -> int | None:
@@ -183,7 +195,7 @@ class ConnectionGuard:
     def _await_request(self) -> None:
         """Start the clock on the next request (on a new connection, or after a response)."""
         self._cancel_deadline()
-        self.awaited, self.since = self.cycle, time.monotonic()
+        self.awaited, self.since, self.earned = self.cycle, time.monotonic(), 0.0
         self.deadline = self.loop.call_later(self.request_timeout, self._too_slow)
 
     def _cancel_deadline(self) -> None:
@@ -193,6 +205,8 @@ class ConnectionGuard:
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.deadline is not None and self.cycle is not self.awaited:  # the body of a request under way
+            self.earned += len(data) / MIN_RATE
         self._check_arrived()
 
     def on_response_complete(self) -> None:
@@ -213,6 +227,13 @@ class ConnectionGuard:
     def _too_slow(self) -> None:
         self.deadline = None
         if self.transport.is_closing():
+            return
+        now = time.monotonic()
+        if self.flow.read_paused:  # the server is not reading this body (no room for it yet): the clock restarts
+            self.since = now
+        due = self.since + self.request_timeout + self.earned
+        if now < due:  # the body earned more time by arriving at MIN_RATE or faster
+            self.deadline = self.loop.call_later(due - now, self._too_slow)
             return
         if self.cycle is self.awaited or not self.cycle.response_started:
             self._refuse(408, f"the request did not arrive within {self.request_timeout:g} s (--request-timeout)")

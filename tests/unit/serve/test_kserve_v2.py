@@ -155,3 +155,6 @@ def test_json_data_nested_as_the_shape_is_taken_and_a_body_past_what_the_model_n
     huge = json.dumps({"inputs": [{**tensor, "data": [0] * limit}]}).encode()  # refused before it is parsed
     with pytest.raises(TooLarge, match="at most"):
         decode_request(huge, None, SPEC, 8)
+    many = json.dumps({"inputs": [{**tensor, "data": [0] * 2000}]}).encode()  # small, but 2,000 values
+    with pytest.raises(TooLarge, match="more values than this model takes"):
+        decode_request(many, None, SPEC, 8)
