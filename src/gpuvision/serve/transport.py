@@ -8,8 +8,9 @@ Against slow or hoarding clients (slowloris): a request's headers and body must 
 seconds of the connection opening or of the previous response (else 408 and the connection is closed); a body
 earns one more second per MIN_RATE bytes received (as Apache's mod_reqtimeout), and time the server itself is not
 reading (its budget of bodies in memory is full) does not count. One client address holds at most `per_client`
-connections and the server `max_connections`; past either, the connection that has waited longest for its request
-(a slow or idle one) is closed to make room, so a new client, a health check among them, gets in. uvicorn's own
+connections and the server `max_connections`; past either, the connection that has waited longest for a request
+that has not begun (an idle one, or one still sending its headers) is closed to make room, so a new client, a health
+check among them, gets in (without one, the new connection gets 503). uvicorn's own
 `limit_concurrency` would instead answer every new request 503, health checks included, while slow connections
 hold the server.
 """
@@ -185,8 +186,10 @@ class ConnectionGuard:
             self._make_room(others)
 
     def _make_room(self, candidates: list) -> None:
-        """Close the connection among `candidates` that has waited longest for its request; none: refuse this one."""
-        waiting = [c for c in candidates if getattr(c, "deadline", None) is not None and not c.transport.is_closing()]
+        """Close the connection among `candidates` that has waited longest for a request that has not begun (idle,
+        or still sending its headers); none: refuse this one. A body under way is left to its own deadline."""
+        waiting = [c for c in candidates if getattr(c, "deadline", None) is not None and c.cycle is c.awaited
+                   and not c.transport.is_closing()]
         if waiting:
             min(waiting, key=lambda c: c.since).transport.close()
         else:
