@@ -35,6 +35,11 @@ def read_key(path: str) -> str:
     return key
 
 
+def server_url(host: str, port: int, tls: bool) -> str:
+    """The URL clients reach the server at; an IPv6 address in brackets (RFC 3986: http://[::1]:8000)."""
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, access: Access | None = None
           ) -> None:
     """Serve the models the config names until SIGTERM or SIGINT (the `gpuvision serve` command).
@@ -52,8 +57,7 @@ def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, a
     with listen(config.host, config.port) as sock:  # first: a taken port fails before the models load
         models = open_models(config, access)
         app = build_app(models, config, key)
-        host = f"[{config.host}]" if ":" in config.host else config.host  # an IPv6 address in a URL (RFC 3986)
-        url = f"{'https' if config.ssl_certfile else 'http'}://{host}:{sock.getsockname()[1]}"
+        url = server_url(config.host, sock.getsockname()[1], bool(config.ssl_certfile))
         log.info("serving %s on %s (OpenAPI at /openapi.json; SIGTERM or Ctrl-C stops)",
                  ", ".join(m.name for m in models), url)
         if on_ready is not None:
@@ -64,4 +68,4 @@ def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, a
                     config.max_client_connections).run(sockets=[sock])
 
 
-__all__ = ["read_key", "serve"]
+__all__ = ["read_key", "serve", "server_url"]
