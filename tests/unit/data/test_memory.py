@@ -76,19 +76,6 @@ def test_bombs_are_refused_within_1_gib(tmp_path, build, env, kwargs, words):
     assert result["peak_bytes"] < GIB, result
 
 
-def test_a_decoded_set_may_take_half_the_available_memory_under_the_default_bound(monkeypatch, tmp_path):
-    """--image-size 2048 on digits (7.0 GiB, under the default 8G bound) on a machine with 10 GiB available: refused
-    before anything is allocated, since training keeps a second copy (issue 22)."""
-    import gpuvision.data.limits as limits
-    from gpuvision.data import load_images
-    from gpuvision.errors import UserError
-
-    monkeypatch.setattr(limits, "available_memory", lambda: 10 * GIB)
-    monkeypatch.setenv("GPUVISION_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(UserError, match=r"1797 x 1 x 2048 x 2048\) need 7.02 GiB, more than half of the 10.00 GiB"):
-        load_images("digits", 2048)
-
-
 def test_a_cached_archive_is_refused_under_a_lower_archive_bound(monkeypatch, tmp_path):
     """The cache entry of an archive stands for it only under the bound it was read with (issue 22)."""
     from helpers import write_tar
