@@ -144,8 +144,8 @@ def _json_data(data, datatype: str, shape: list[int]) -> np.ndarray:
     flat, count = _flat(data, shape), int(np.prod(shape))
     require(len(flat) == count, f"input `data` holds {len(flat)} values; the shape {shape} needs {count}", BadInput)
     integers = datatype == "UINT8"
-    kinds = (int,) if integers else (int, float)
-    require(all(type(v) in kinds for v in flat), f"{datatype} input `data` must hold only "
+    kinds = {int} if integers else {int, float}
+    require(set(map(type, flat)) <= kinds, f"{datatype} input `data` must hold only "  # exact types: not bool
             f"{'integers' if integers else 'numbers'} (no strings, booleans, null or lists)", BadInput)
     try:
         values = np.array(flat, dtype=np.int64 if integers else np.float64)
