@@ -171,21 +171,21 @@ class ConnectionGuard:
     request_timeout = 10.0
     per_client = 64
     max_connections = 1024
+    by_host: dict = {}  # client address -> its open connections; each server's protocol class has its own
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.deadline, self.awaited, self.since = None, None, time.monotonic()
         self._await_request()
-        host = self.client[0] if self.client else None
-        others = [c for c in self.connections if c is not self]
-        if len(others) + 1 > self.per_client:
-            mine = [c for c in others if c.client and c.client[0] == host]
-            if len(mine) + 1 > self.per_client:
-                self._make_room(mine)
-        if len(self.connections) > self.max_connections:
-            self._make_room(others)
+        self.host = self.client[0] if self.client else None
+        mine = self.by_host.setdefault(self.host, set())
+        if sum(not c.transport.is_closing() for c in mine) >= self.per_client:  # those closing are gone already
+            self._make_room(mine)
+        elif len(self.connections) > self.max_connections:
+            self._make_room(c for c in self.connections if c is not self)
+        mine.add(self)
 
-    def _make_room(self, candidates: list) -> None:
+    def _make_room(self, candidates) -> None:
         """Close the connection among `candidates` that has waited longest for a request that has not begun (idle,
         or still sending its headers); none: refuse this one. A body under way is left to its own deadline."""
         waiting = [c for c in candidates if getattr(c, "deadline", None) is not None and c.cycle is c.awaited
@@ -225,6 +225,10 @@ class ConnectionGuard:
 
     def connection_lost(self, exc) -> None:
         self._cancel_deadline()
+        mine = self.by_host.get(self.host, set())
+        mine.discard(self)
+        if not mine:
+            self.by_host.pop(self.host, None)
         super().connection_lost(exc)
 
     def _too_slow(self) -> None:
@@ -257,7 +261,8 @@ def guarded_protocol(request_timeout: float, per_client: int, max_connections: i
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     return type("GuardedProtocol", (ConnectionGuard, H11Protocol), {
-        "request_timeout": request_timeout, "per_client": per_client, "max_connections": max_connections})
+        "request_timeout": request_timeout, "per_client": per_client, "max_connections": max_connections,
+        "by_host": {}})
 
 
 def make_server(app, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
