@@ -2,10 +2,10 @@
 time, each returning what it saw. tests/e2e/test_serve_attacks.py asserts on them; benchmarks/serve_attacks.py
 reports them.
 
-    server = start_server({"digits": dir}, root, request_timeout=5, per_client=32)
-    latencies, closed_after = health_during(server, 60, lambda: slowloris(server))
-    idle, peak, (latencies, statuses) = peak_rss(server, lambda: health_during(server, 300,
-                                                                               lambda: upload_attack(server)))
+    server = start_server({"digits": dir}, root, "--request-timeout", "5")
+    checks, closed_after = health_during(server, 60, lambda: slowloris(server))
+    idle, peak, (checks, statuses) = peak_rss(server, lambda: health_during(server, 300,
+                                                                            lambda: upload_attack(server)))
 
 The slowloris attacker is a process of its own (its sockets and loops do not share this process's interpreter
 with the health checks) and connects from 127.0.0.2, another loopback address than the checks' 127.0.0.1: a
@@ -97,9 +97,10 @@ class Server:
         self.process.wait(30)
 
 
-def start_server(models: dict[str, Path], root: Path, *flags: str) -> Server:
-    """`gpuvision serve NAME=DIR ...` on 127.0.0.1, any free port, eager on the CPU, one torch thread; once ready."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+def start_server(models: dict[str, Path], root: Path, *flags: str, src: Path = SRC) -> Server:
+    """`gpuvision serve NAME=DIR ...` on 127.0.0.1, any free port, eager on the CPU, one torch thread; once ready.
+    `src`: the gpuvision to run (this checkout's, or another's to compare)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
     log = root / "serve-stderr.txt"
     with open(log, "w") as stderr:  # a file, not a pipe nobody reads, which could fill and stall the server
@@ -117,19 +118,17 @@ def start_server(models: dict[str, Path], root: Path, *flags: str) -> Server:
     return Server(process, json.loads(line[0])["url"], log)
 
 
-def health_during(server: Server, seconds: float, attack: Callable[[], object]) -> tuple[list[float], object]:
+def health_during(server: Server, seconds: float, attack: Callable[[], object]
+                  ) -> tuple[list[tuple[int, float]], object]:
     """Run attack() in a thread (its failure is the caller's) while checking health and readiness every 0.2 s;
-    their latencies (each must be a 200), and what attack() returned."""
+    each check's (status, seconds), and what attack() returned."""
     with ThreadPoolExecutor(1) as pool:
         attacking = pool.submit(attack)
-        latencies, deadline = [], time.monotonic() + seconds
+        checks, deadline = [], time.monotonic() + seconds
         while not attacking.done() and time.monotonic() < deadline:
-            for path in ("/v2/health/live", "/v2/health/ready"):
-                status, took = server.get(path)
-                assert status == 200, (path, status)
-                latencies.append(took)
+            checks += [server.get(path) for path in ("/v2/health/live", "/v2/health/ready")]
             time.sleep(0.2)
-        return latencies, attacking.result(timeout=120)
+        return checks, attacking.result(timeout=120)
 
 
 def peak_rss(server: Server, run: Callable[[], object]) -> tuple[int, int, object]:
