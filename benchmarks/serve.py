@@ -233,7 +233,7 @@ def requests_for(name: str, pixels: np.ndarray) -> dict[str, tuple[bytes, object
         "kserve-json": (http_request(infer, plain, {"Content-Type": "application/json"}),
                         lambda spec, model: kserve_v2.decode_request(plain, None, spec, 64)),
         "upload-png": (http_request(f"/models/{name}/predict", image, {"Content-Type": "image/png"}),
-                       lambda spec, model: upload.decode_request([("x.png", image)], model, 64)),
+                       lambda spec, model: upload.decode_request([("x.png", image)], spec)),
     }
 
 

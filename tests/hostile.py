@@ -194,6 +194,12 @@ def model_dir_cases(model: Path, root: Path) -> list[tuple[str, Path, tuple[str,
         {"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4 << 40]}}, bytes(16))))
     case("pickle-in-place-of-safetensors", ("safetensors",), lambda d: _replace_file(
         d, "model.safetensors", evil_pickle(root)))
+    # issue 22: Python's JSON parser recurses (a RecursionError, even with --pubkey); json keeps a repeated key's
+    # last value, so two readers could disagree about what a manifest says
+    case("manifest-nested-100000-deep", ("nested more than",), lambda d: (d / "manifest.json").write_text(
+        "[" * 100_000 + "]" * 100_000))
+    case("manifest-repeats-a-key", ("appears twice",), lambda d: (d / "manifest.json").write_text(
+        (d / "manifest.json").read_text().rstrip()[:-1] + ', "classes": ["a", "b"]}'))
     return cases
 
 
@@ -220,6 +226,8 @@ def signature_cases(model: Path, keys: dict[str, Path], other_key: Path, root: P
         d, lambda m: {**m, "classes": list(reversed(m["classes"]))}))
     case("weights-swapped-after-signing", ("signs other contents",), lambda d: _replace_file(
         d, "model.safetensors", (d / "model.safetensors").read_bytes()[:-4] + bytes(4)))
+    case("signature-nested-100000-deep", ("nested more than",), lambda d: (d / "model.sig").write_text(
+        "[" * 100_000 + "]" * 100_000))
     return cases
 
 

@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from .config import Access
 from .crypto import aead, keys, signing
 from .data.input_spec import InputSpec
-from .errors import IntegrityError, NotFound, Unsupported, UserError, require
-from .files import atomic_write, sha256_file, write_json
+from .errors import BadInput, IntegrityError, NotFound, Unsupported, UserError, require
+from .files import atomic_write, parse_json, sha256_file, write_json
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -314,10 +314,7 @@ class ModelDir:
         require(manifest_path.stat().st_size <= MAX_MANIFEST_BYTES, f"{manifest_path}: too large for a manifest",
                 IntegrityError)
         raw = manifest_path.read_bytes()
-        try:
-            parsed = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise IntegrityError(f"{manifest_path}: not valid JSON ({e}); the model directory is damaged") from e
+        parsed = parse_json(raw, f"{manifest_path} (the model directory is damaged)", IntegrityError)
         manifest = Manifest.from_dict(parsed, str(manifest_path))
         model_dir = cls(path, manifest, hashlib.sha256(raw).hexdigest(), bound_digest(parsed))
         for name in manifest.files:
@@ -377,6 +374,7 @@ class ModelDir:
                 "--pubkey accepts only a model signed with its key (`gpuvision sign`)", IntegrityError)
         require(signature.stat().st_size <= MAX_MANIFEST_BYTES, f"{signature}: too large for a signature",
                 IntegrityError)
+        parse_json(signature.read_bytes(), str(signature), IntegrityError)  # bounded, before the library parses it
         signed = signing.signed_digests(signature, pubkey)
         expected = {MANIFEST: self.manifest_sha256, **self.manifest.files}
         differ = sorted(n for n in expected.keys() | signed.keys() if expected.get(n) != signed.get(n))
@@ -403,16 +401,22 @@ class ModelDir:
         return aead.unseal(self.data_key, data, associated_data(self.bound, name), f"{self.path}: {name}")
 
     def read_json(self, name: str):
-        try:
-            return json.loads(self.read(name))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise IntegrityError(f"{self.path}: {name} is not valid JSON ({e})") from e
+        return parse_json(self.read(name), f"{self.path}: {name}", IntegrityError)
 
     def verify(self) -> None:
         """Read every listed file and check it against the manifest; decrypt it too where the data key is at hand
         (without it, an encrypted directory is checked as stored)."""
         for name in self.manifest.files:
             (self.read if self.data_key else self.read_stored)(name)
+
+
+def check_outside_models(target: str | Path, flag: str = "--out") -> None:
+    """Refuse an output that lies inside a model directory, at any depth: a model directory holds exactly its listed
+    files, so anything written into it would make every reader refuse it as altered."""
+    target = Path(target)
+    for parent in target.resolve().parents:
+        require(not (parent / MANIFEST).is_file(), f"{flag} {target} lies inside the model directory {parent}, which "
+                "is never written after it is made: choose another place", BadInput)
 
 
 def bound_digest(manifest: dict) -> bytes:

@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import MISSING, fields
 
 from .errors import BadInput, UserError
@@ -451,21 +453,44 @@ def _starting(args: argparse.Namespace, **values) -> None:
         print(STARTING[args.command].format_map({**vars(args), **values}) + " ...", file=sys.stderr, flush=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread wherever it is, so every cleanup runs (temporary files, a half-written
+    --out, the in-memory workspace of decrypted weights) before the process ends."""
+
+
 def main(argv: list[str] | None = None) -> int:
     # Library code logs; the CLI shows gpuvision's own information lines (progress in logs) and everyone's warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("gpuvision").setLevel(logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
+    previous, terminated = None, []
+
+    def terminate(signum, frame):
+        terminated.append(signum)  # Terminated may come back as another error (e.g. an extension's ImportError)
+        raise Terminated
+
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv[1:]  # the command's own arguments (train --nproc hands them to its workers)
+        # serve keeps Python's SIGTERM: uvicorn drains requests on it, then ends by the signal
+        if args.command != "serve" and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, terminate)
         code = COMMANDS[args.command](args)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
-        code = 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        code = 130
+    except BaseException as e:
+        if terminated:
+            print("error: terminated (SIGTERM)", file=sys.stderr)
+            code = 128 + signal.SIGTERM
+        elif isinstance(e, UserError):
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message held
+            code = 2
+        elif isinstance(e, KeyboardInterrupt):
+            print("error: interrupted", file=sys.stderr)
+            code = 130
+        else:
+            raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if "RANK" in os.environ:  # a worker of a distributed run ends right after its work (see end_process)
         from .train.distributed import end_process
 

@@ -58,10 +58,16 @@ def setting(default=MISSING, help: str = "", *, choices: tuple | str | None = No
     """A config field: `help` for --help; `choices` a tuple or the name of a registry the CLI reads ("models",
     "recipes", "methods", "formats"); `low`/`high` an inclusive range (`low_open`: low itself excluded);
     `flag=False` for settings given another way (positional arguments, config files only)."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "flag": flag}
+    meta = {"help": help, **bounds(low, high, low_open=low_open, choices=choices), "flag": flag}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def bounds(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           choices: tuple | str | None = None) -> dict:
+    """The allowed values of a setting, as `check_value` reads them (see `setting`)."""
+    return {"choices": choices, "low": low, "high": high, "low_open": low_open}
 
 
 def _base_types(annotation) -> tuple[type, ...]:
@@ -76,9 +82,11 @@ def field_types(config_type, name: str) -> tuple[type, ...]:
     return _base_types(next(f for f in fields(config_type) if f.name == name).type)
 
 
-def _check_value(config, f) -> None:
+def check_value(config, f, flag: str | None = None, meta: dict | None = None) -> None:
+    """One field of a dataclass against its annotated type and its bounds (`meta`, default: the field's own);
+    `flag` names it in the error (default: its command-line flag)."""
     value, allowed = getattr(config, f.name), _base_types(f.type)
-    flag = f"--{f.name.replace('_', '-')}"
+    flag = flag or f"--{f.name.replace('_', '-')}"
     if value is None:
         require(type(None) in allowed, f"{flag} needs a value", BadInput)
         return
@@ -88,7 +96,7 @@ def _check_value(config, f) -> None:
     ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
     names = " or ".join(t.__name__ for t in allowed if t is not type(None))
     require(ok, f"{flag} must be {names}, got {value!r}", BadInput)
-    meta = f.metadata
+    meta = f.metadata if meta is None else meta
     if isinstance(value, float):
         require(math.isfinite(value), f"{flag} must be a finite number, got {value}", BadInput)
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -106,7 +114,7 @@ class Validated:
 
     def validate(self):
         for f in fields(self):
-            _check_value(self, f)
+            check_value(self, f)
         return self
 
 
@@ -171,6 +179,8 @@ class TrainConfig(Validated):
                               "best epoch's weights (0: off)", low=0)
     pretrained: str | None = setting(None, "initial weights: imagenet (timm's for --model), hf-hub:NAME (a timm "
                                      "model on the Hugging Face hub), or a local .safetensors file")
+    pretrained_partial: bool = setting(False, "with --pretrained, load the tensors that fit and start the others "
+                                       "from their initial values (reported); without it a partial load is refused")
     max_decoded_bytes: str | None = setting(None, "bound on the decoded images' memory, e.g. 8G (default: "
                                             "$GPUVISION_MAX_DECODED_BYTES or 8G)")
     out: str | None = setting(None, "run directory = model directory (default: runs/<data name>-<timestamp>)")
@@ -182,9 +192,17 @@ class TrainConfig(Validated):
         super().validate()
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one",
                 BadInput)
+        for what, given, taken in (("model_args", self.model_args, DATA_MODEL_ARGS),
+                                   ("recipe_args", self.recipe_args, {f.name for f in fields(self)})):
+            clash = sorted(set(map(str, given)) & set(taken))
+            require(not clash, f"{what} {', '.join(clash)}: " + ("set from the data, not by hand" if what ==
+                    "model_args" else "a setting of its own; give it as a flag or at the top level of --config"),
+                    BadInput)
         Cadence.parse(self.checkpoint_every)
         return self
 
+
+DATA_MODEL_ARGS = ("num_classes", "in_channels", "image_size")  # a network's arguments that the data decides
 
 # What a resumed run may change: where it runs, how fast, and how often it reports; the rest would change the result.
 RESUMABLE_SETTINGS = ("out", "resume", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "loader",
@@ -341,6 +359,10 @@ class ServeConfig(Validated):
                              high=64)
     max_body_mb: float = setting(10.0, "largest request body in MB (decompressed too); beyond it 413", low=0,
                                  high=4096, low_open=True)
+    request_timeout: float = setting(10.0, "seconds a request's headers and body may take to arrive; a slower one "
+                                     "gets 408 and its connection is closed", low=0.1, high=3600)
+    max_client_connections: int = setting(64, "open connections per client address; past it that client's "
+                                          "longest-waiting idle or slow one is closed", low=1, high=1 << 16)
     api_key_file: str | None = setting(None, "file holding the key clients send as 'Authorization: Bearer KEY'")
     metrics_public: bool = setting(False, "serve /metrics without the API key")
     insecure: bool = setting(False, "allow a non-loopback --host without --api-key-file")
@@ -420,7 +442,8 @@ def read_config_file(path: str, config_type=TrainConfig) -> dict:
             import yaml
 
             raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+    # JSONDecodeError is a ValueError; RecursionError: nested past Python's limit
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadInput(f"--config {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
     except Exception as e:  # yaml.YAMLError and its subclasses
         if type(e).__module__.startswith("yaml"):

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .artifact import ModelDir, check_outside_models
 from .data import load_images
-from .data.split import load_split
+from .data.split import recorded_split
 from .errors import BadInput, require
 from .evaluate import evaluate
-from .files import write_json
+from .files import OutputLock, write_json
 from .runtime import load
 from .train.trainer import Event, train
 
@@ -56,7 +57,6 @@ def _alive(pid) -> bool:
 def _prepare(root: Path) -> list[Path]:
     """Make `root` the demo's directory (only an empty one or a demo's is used) and return its earlier runs; a
     run whose process is gone while it says it is running is marked interrupted."""
-    require(not root.is_file(), f"--out {root} is a file; give a directory", BadInput)
     if root.is_dir() and any(root.iterdir()):
         require((root / MARKER).is_file(), f"--out {root} exists and is not a demo directory; the demo writes only "
                 "into its own: choose another --out", BadInput)
@@ -104,15 +104,18 @@ def demo(out: str = "runs/digits-demo", on_event: Event | None = None, samples: 
     """Train, evaluate, save and predict on scikit-learn's digits in a new run directory; returns where everything
     went (`run_dir`; `<out>/latest` points to it once it is complete)."""
     root = Path(out)
-    earlier = _prepare(root)
-    run = _new_run(root)
-    try:
-        summary = _run(run, on_event, samples)
-    except BaseException as e:  # Ctrl-C included: the run says it did not finish, then the error goes on
-        write_json(run / RUN, {**_status(run), "status": "interrupted", "error": str(e) or type(e).__name__})
-        raise
-    write_json(run / RUN, {**_status(run), **summary, "status": "done"})
-    _publish(root, run, earlier)
+    require(not root.is_file(), f"--out {root} is a file; give a directory", BadInput)
+    check_outside_models(root)
+    with OutputLock(root):
+        earlier = _prepare(root)
+        run = _new_run(root)
+        try:
+            summary = _run(run, on_event, samples)
+        except BaseException as e:  # Ctrl-C included: the run says it did not finish, then the error goes on
+            write_json(run / RUN, {**_status(run), "status": "interrupted", "error": str(e) or type(e).__name__})
+            raise
+        write_json(run / RUN, {**_status(run), **summary, "status": "done"})
+        _publish(root, run, earlier)
     return {**summary, "latest": str(root / LATEST)}
 
 
@@ -120,7 +123,7 @@ def _run(run: Path, on_event: Event | None, samples: int) -> dict:
     result = train(data="digits", out=str(run / "model"), on_event=on_event, verbose=False)
     report = evaluate(str(result.model_dir))
     images = load_images("digits")
-    test = load_split(result.model_dir / result.manifest.split.file, images).test[:samples]
+    test = recorded_split(ModelDir.open(result.model_dir), images).test[:samples]
     sample_dir = run / "samples"
     sample_dir.mkdir()
     paths, truth = [], []

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from . import plots
-from .artifact import MANIFEST, ModelDir
+from .artifact import MANIFEST, ModelDir, check_outside_models
 from .config import Access, EvaluateConfig
 from .data import load_images
-from .data.split import load_split
+from .data.split import recorded_split
 from .errors import BadInput, NotFound, UserError, require
-from .files import write_json
+from .files import OutputLock, write_json
 from .runtime import Model, open_runtime
 from .runtime.calibration import probabilities, reliability
 
@@ -93,7 +93,7 @@ def select_images(model_dir: ModelDir, data: str, split: str) -> tuple[np.ndarra
         mapping = np.array([m.classes.index(c) for c in images.classes])
         return images.images, mapping[images.labels]
     require(split in ("test", "val"), f"unknown split {split!r}; use test, val or all", BadInput)
-    indices = load_split(model_dir.read_json(m.split.file), images).part(split)
+    indices = recorded_split(model_dir, images).part(split)
     require(len(indices) > 0, f"the {split} split is empty (trained with --val-fraction 0?); use --split test",
             BadInput)
     require(images.classes == m.classes, f"{data}: its classes differ from the model's", BadInput)
@@ -114,6 +114,7 @@ def report_dir(model_dir: Path, out: str | None) -> Path:
     require(not (target / MANIFEST).exists(), f"--out {target} is a model directory; model directories are never "
             "written after they are made: choose another --out", BadInput)
     require(not target.is_file(), f"--out {target} is a file; give a directory", BadInput)
+    check_outside_models(target)
     return target
 
 
@@ -125,6 +126,11 @@ def evaluate(config: EvaluateConfig | str, access: Access | None = None, **setti
     config.validate()
     model_dir = ModelDir.open(config.model_dir, access)
     out = report_dir(model_dir.path, config.out)
+    with OutputLock(out):
+        return _evaluate(config, model_dir, out)
+
+
+def _evaluate(config: EvaluateConfig, model_dir: ModelDir, out: Path) -> dict:
     model = Model(model_dir, open_runtime(model_dir, config.device))
     data = recorded_data(model_dir, config.data)
     images, labels = select_images(model_dir, data, config.split)
@@ -145,7 +151,6 @@ def evaluate(config: EvaluateConfig | str, access: Access | None = None, **setti
         report["top5_accuracy"] = top_k_accuracy(logits, labels, 5)
     report["calibration"] = calibration_report(logits, labels, model.runtime.temperature(tta))
     try:
-        out.mkdir(parents=True, exist_ok=True)
         report["report"] = str(out / f"{config.split}.json")
         if config.plot:
             _plot(report, model.classes, images, labels, probabilities(logits, model.runtime.temperature(tta)), out)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import MANIFEST, ModelDir
+from .artifact import ModelDir, check_outside_models
 from .config import Access, ExportConfig
 from .crypto import aead
 from .data.input_spec import normalise
@@ -121,8 +121,7 @@ def export_path(config: ExportConfig) -> Path:
     require(out.suffix == f".{config.format}", f"--out {out}: a {config.format} export must end in .{config.format}",
             BadInput)
     require(not out.is_dir(), f"--out {out} is a directory; give a file name ending in .{config.format}", BadInput)
-    require(not (out.parent / MANIFEST).exists(), f"--out {out} lies in a model directory; model directories are "
-            "never written after they are made: choose another --out", BadInput)
+    check_outside_models(out)
     return out
 
 

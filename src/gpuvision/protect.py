@@ -18,16 +18,31 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from .artifact import MANIFEST, SIGNATURE, Encryption, Manifest, ModelDir, associated_data, bound_digest
+from .artifact import (
+    MANIFEST,
+    SIGNATURE,
+    Encryption,
+    Manifest,
+    ModelDir,
+    associated_data,
+    bound_digest,
+    check_outside_models,
+)
 from .config import Access
 from .crypto import aead, keys, signing
 from .errors import BadInput, IntegrityError, UserError, require
-from .files import atomic_write, umask, write_json
+from .files import OutputLock, atomic_write, umask, write_json
 
 
 def sign_model(model_dir: str, signing_key: str, overwrite: bool = False) -> dict:
-    """Add model.sig, the OpenSSF model signature of every file, to an intact model directory."""
+    """Add model.sig, the OpenSSF model signature of every file, to an intact model directory (locked meanwhile: of
+    two signers at once, the second is refused instead of both reporting success)."""
     model = ModelDir.open(model_dir)
+    with OutputLock(model.path, str(model.path)):
+        return _sign(model, signing_key, overwrite)
+
+
+def _sign(model: ModelDir, signing_key: str, overwrite: bool) -> dict:
     model.verify()  # a signature vouches for the files the manifest lists: sign only an intact model
     target = model.path / SIGNATURE
     require(overwrite or not (target.exists() or target.is_symlink()), f"{target} exists; add --overwrite to sign "
@@ -111,17 +126,27 @@ def _data_key(access: Access, command: str) -> bytes:
 
 
 def _new(out: str | None, source: Path, suffix: str) -> Path:
+    """The new directory to write: absent, or empty (as a run killed before its rename leaves it)."""
     target = Path(out) if out else source.parent / f"{source.name}{suffix}"
-    require(not (target.exists() or target.is_symlink()), f"--out {target} exists; nothing is overwritten: choose "
-            "another --out", BadInput)
+    empty = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
+    require(empty or not (target.exists() or target.is_symlink()), f"--out {target} exists; nothing is overwritten: "
+            "choose another --out", BadInput)
+    check_outside_models(target)
     return target
 
 
 def write_model(target: Path, manifest: Manifest, blobs: dict[str, bytes]) -> Path:
     """A new model directory of `blobs` {name: bytes} and the manifest (its `files` hashed from them), written
-    under a temporary name beside `target` and renamed into place."""
+    under a temporary name beside `target` and renamed into place. `target` is locked meanwhile (made empty, then
+    replaced by the rename): a second writer of the same directory is refused in one line."""
+    with OutputLock(target):
+        require(not any(target.iterdir()), f"--out {target} exists; nothing is overwritten: choose another --out",
+                BadInput)
+        return _write_model(target, manifest, blobs)
+
+
+def _write_model(target: Path, manifest: Manifest, blobs: dict[str, bytes]) -> Path:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as e:
         raise UserError(f"--out {target}: cannot write there ({e.strerror})") from e
@@ -132,7 +157,7 @@ def write_model(target: Path, manifest: Manifest, blobs: dict[str, bytes]) -> Pa
         manifest = replace(manifest, files={name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()})
         write_json(tmp / MANIFEST, manifest.to_dict())
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it owner-only; the result reads like any other directory
-        os.rename(tmp, target)
+        os.rename(tmp, target)  # over the empty, locked target
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

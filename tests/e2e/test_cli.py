@@ -123,5 +123,7 @@ def test_changed_source_refuses_recorded_split_but_all_works(tmp_path):
     gv("train", "--data", tree, "--epochs", "1", "--out", out)
     make_tree(tree, classes=("cat",), per_class=12, size=(12, 12))  # two more cat images
     _error(gv("evaluate", out, check=False), "changed since the model was trained")
+    # compress resolves the same recorded split: a changed source is refused, never split again (issue 22, case 13)
+    _error(gv("compress", out, "--data", tree, "--method", "int8", check=False), "changed since the model was trained")
     report = json.loads(gv("evaluate", out, "--split", "all", "--json").stdout)
     assert report["n"] == 22 and report["split"] == "all"

@@ -4,10 +4,14 @@ is a real command on a real directory, and each refusal is one line `error: ...`
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from helpers import make_tree
+from helpers import image_bytes, make_tree
 
 import gpuvision
 from gpuvision.cli import main
@@ -136,8 +140,17 @@ def test_bad_settings_and_bad_model_args_exit_2(capsys, tmp_path):
     config.write_text("epochs: ten\n")
     assert "--epochs must be float" in refused(capsys, "train", "--config", config, "--out", tmp_path / "a")
     config.write_text("model_args: {bogus: 1}\nepochs: 1\n")
-    assert "do not fit" in refused(capsys, "train", "--config", config, "--out", tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert "does not take the arguments" in refused(capsys, "train", "--config", config, "--out", tmp_path / "b")
+    # issue 22, case 16: every nested setting is checked before anything is written (each was a traceback)
+    for text, words in [("recipe_args: {lr: 0.1}", "a setting of its own"),
+                        ("recipe_args: {label_smoothing: 5}", "label_smoothing must be in [0, 1]"),
+                        ("recipe_args: {momentum: yes}", "momentum must be float"),
+                        ("model_args: {num_classes: 3}", "set from the data"),
+                        ("model_args: {widths: [100000, 100000, 100000]}", "more than the"),
+                        ("recipe: distill\nrecipe_args: {teacher: x, alpha: '0.5'}", "alpha must be float")]:
+        config.write_text(text + "\nepochs: 1\n")
+        assert words in refused(capsys, "train", "--config", config, "--out", tmp_path / "c"), text
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 @pytest.mark.parametrize("manifest, words", [("[]", "JSON object"), ("null", "JSON object"), ("{", "not valid JSON")])
@@ -151,3 +164,66 @@ def test_a_damaged_manifest_is_one_line_for_every_reader(capsys, digits_model, t
     Image.new("L", (8, 8)).save(image)
     for args in (["evaluate", copy], ["predict", copy, image], ["export", copy]):
         assert words in refused(capsys, *args)
+
+
+# ---------------------------------------------------------------- issue 22: silent failures and allocations
+
+PEAK = """
+import json, re, sys
+from gpuvision.cli import main
+code = main(sys.argv[1:])
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) << 10
+print(json.dumps({"code": code, "peak": peak}))
+"""
+
+
+def _edit_manifest(model: Path, tmp_path: Path, change) -> Path:
+    copy = tmp_path / "edited"
+    shutil.copytree(model, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_manifest_asking_for_a_huge_network_is_refused_before_anything_is_allocated(tiny_model, tmp_path):
+    """widths [4000, 4000, 4000] in an unsigned manifest: predict once reached 3.27 GB before refusing it."""
+    edited = _edit_manifest(tiny_model, tmp_path, lambda m: m["architecture"]["args"].update(widths=[4000] * 3))
+    image = tmp_path / "x.png"
+    image.write_bytes(image_bytes(1, (8, 8), mode="L"))
+    src = Path(gpuvision.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", PEAK, "predict", str(edited), str(image), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(src)})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 2 and "tensors differ" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert result["peak"] < 1 << 30, result  # torch itself and the tiny model: the 3.27 GB network never was
+
+
+def test_a_manifest_listing_other_classes_than_the_network_outputs_is_refused_at_load(capsys, tiny_model, tmp_path):
+    edited = _edit_manifest(tiny_model, tmp_path, lambda m: m.update(classes=m["classes"] + ["eleven"]))
+    image = tmp_path / "x.png"
+    image.write_bytes(image_bytes(1, (8, 8), mode="L"))
+    for args in (["predict", edited, image], ["predict", edited, image, "--top-k", "2"],
+                 ["serve", edited, "--port", "0", "--device", "cpu", "--runtime", "eager"]):
+        assert "lists 11 classes for a network of 10 outputs" in refused(capsys, *args), args
+
+
+def test_a_deep_manifest_stops_serve_at_start_up_in_one_line(capsys, tiny_model, tmp_path):
+    copy = tmp_path / "deep"
+    shutil.copytree(tiny_model, copy)
+    (copy / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested more than" in refused(capsys, "serve", copy, "--port", "0", "--device", "cpu")
+
+
+def test_pretrained_weights_of_another_width_are_refused_unless_a_partial_load_is_asked(capsys, tiny_model, tmp_path,
+                                                                                      caplog):
+    config = tmp_path / "c.yaml"
+    config.write_text("model_args: {widths: [16, 16, 16]}\n")  # tiny_model's weights are widths 8, 8, 8
+    weights = tiny_model / "model.safetensors"
+    args = ["train", "--config", config, "--pretrained", weights, "--out", tmp_path / "run", *QUICK]
+    assert "--pretrained-partial" in refused(capsys, *args)
+    assert not (tmp_path / "run").exists()
+    with caplog.at_level("INFO", logger="gpuvision.models"):
+        assert main([str(a) for a in [*args, "--pretrained-partial"]]) == 0
+    assert "left at their initial values" in caplog.text
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["settings"]["pretrained_partial"] is True

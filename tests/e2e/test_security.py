@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +38,8 @@ from gpuvision.crypto.keys import DATA_KEY_ENV, generate
 from gpuvision.protect import encrypt_model, sign_model
 
 pytest.importorskip("model_signing")
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +248,82 @@ def test_an_encrypted_model_leaves_no_decrypted_weights_on_disk(lab, tmp_path):
     assert not leaks
     assert (dirs["out"] / "export" / "model.onnx.enc").exists() and (dirs["out"] / "export" / "model.pt2.enc").exists()
     assert json.loads((dirs["out"] / "compressed" / "int8" / "manifest.json").read_text())["encryption"]
+
+
+def _plaintext_files(roots: list[Path], blocks: set[bytes], since: float) -> list[str]:
+    """Files under the roots (modified since `since`, at most 256 MiB) that hold a block of the weights."""
+    found = []
+    for root in roots:
+        for base, _, names in os.walk(root):
+            for name in names:
+                path = Path(base) / name
+                try:
+                    st = path.lstat()
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime >= since and st.st_size <= 256 << 20:
+                        data = path.read_bytes()
+                        found += [str(path)] if any(b in data for b in blocks) else []
+                except OSError:  # another process's file, gone meanwhile
+                    continue
+    return found
+
+
+def _workspaces() -> set[Path]:
+    return set(Path("/dev/shm").glob("gpuvision-*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_no_plaintext_weights_on_any_file_system_after_a_kill(lab, tmp_path, sig):
+    """compress (of the encrypted model, to int8), encrypt and export run at once and are killed while compress's
+    in-memory workspace holds decrypted weights (checked: the control); then no file in the temporary, cache, home,
+    output or working directories, in /dev/shm or in the system's temporary directory holds a 64-byte run of the
+    weights. SIGTERM: each cleans up and exits 143 with one line (or had finished); SIGKILL: the reaper removes the
+    workspace as soon as compress is gone."""
+    blocks = weight_blocks([tensor_bytes(lab.model / "model.safetensors")])
+    assert len(blocks) > 20
+    started, before = time.time() - 1, _workspaces()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR")}
+    env.update(TMPDIR=str(tmp_path / "tmp"), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])),
+               **{DATA_KEY_ENV: Path(lab.data_key).read_text().strip()})
+    for d in ("tmp", "home", "cache", "out"):
+        (tmp_path / d).mkdir()
+    out = tmp_path / "out"
+    commands = {
+        "compress": ["compress", lab.encrypted, "--data", "digits", "--method", "int8", "--no-compile",
+                     "--latency-repeats", "1", "--calibration-images", "64", "--out", out / "compressed"],
+        "export": ["export", lab.encrypted, "--out", out / "export" / "model.onnx", "--parity-images", "20"],
+        "encrypt": ["encrypt", lab.model, "--out", out / "encrypted"],
+    }
+    runs = {name: subprocess.Popen([sys.executable, "-m", "gpuvision", *map(str, args)], cwd=out, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for name, args in commands.items()}
+    deadline, held = time.monotonic() + 300, []
+    while not held and runs["compress"].poll() is None and time.monotonic() < deadline:
+        held = _plaintext_files(sorted(_workspaces() - before), blocks, started)
+        time.sleep(0.02)
+    for process in runs.values():
+        if process.poll() is None:
+            process.send_signal(sig)
+    results = {name: (p.wait(120), p.stderr.read()) for name, p in runs.items()}
+    assert held, f"compress ended before its workspace held the weights: {results['compress']}"
+    for name, (code, err) in results.items():
+        if sig == signal.SIGKILL:
+            assert code in (0, -signal.SIGKILL), (name, code, err[-2000:])
+        else:
+            last = err.strip().splitlines()[-1] if err.strip() else ""
+            # finished first, cleaned up and exited 143, or was still starting (nothing written yet)
+            assert code in (0, -signal.SIGTERM) or (code == 143 and last == "error: terminated (SIGTERM)"), \
+                (name, code, err[-2000:])
+            assert "Traceback" not in err, (name, err[-3000:])
+    assert results["compress"][0] in (143, -signal.SIGKILL)
+    if sig == signal.SIGTERM:
+        assert not (out / "compressed").exists()  # the half-written output is removed too
+    deadline = time.monotonic() + 10
+    while _workspaces() - before and time.monotonic() < deadline:  # SIGKILL: the reaper's moment
+        time.sleep(0.05)
+    assert not _workspaces() - before
+    leaks = _plaintext_files([tmp_path, Path("/dev/shm"), Path(tempfile.gettempdir())], blocks, started)
+    assert not leaks
 
 
 # ---------------------------------------------------------------- the hostile corpus against every reader

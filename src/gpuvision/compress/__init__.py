@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact import Manifest, ModelDir, draft, library_versions, write_manifest
+from ..artifact import Manifest, ModelDir, check_outside_models, draft, library_versions, write_manifest
 from ..config import Access, CompressConfig
-from ..data import ImageSet, Split, load_images, make_split
+from ..data import ImageSet, Split, load_images
 from ..data.input_spec import normalise
-from ..data.split import load_split
+from ..data.split import load_split, recorded_split
 from ..errors import BadInput, Unsupported, UserError, require
-from ..files import memory_workspace
+from ..files import OutputLock, empty_dir, memory_workspace
 from ..protect import encrypt_dir
 from ..registry import Registry
 from ..runtime import build_network
@@ -196,10 +196,7 @@ def _load_data(config: CompressConfig, model_dir: ModelDir) -> tuple[ImageSet, S
     images = load_images(config.data, m.input.size, channels=m.input.channels)
     require(images.classes == m.classes, f"--data {config.data}: its classes ({', '.join(images.classes)}) are not "
             f"the model's ({', '.join(m.classes)}); give the data the model was trained on", BadInput)
-    if images.fingerprint == m.split.source_fingerprint:
-        return images, load_split(model_dir.read_json(m.split.file), images)
-    return images, make_split(images, m.settings.get("val_fraction", 0.1), m.settings.get("test_fraction", 0.2),
-                              m.seed)
+    return images, recorded_split(model_dir, images)
 
 
 def _out_dir(config: CompressConfig) -> Path:
@@ -209,9 +206,7 @@ def _out_dir(config: CompressConfig) -> Path:
         require(config.overwrite, f"--out {out} exists and is not empty; add --overwrite to replace it", BadInput)
         require((out / "report.json").is_file() or (out / MARKER).is_file(), f"--out {out} is not a directory "
                 "compress wrote; --overwrite replaces only those: choose another --out", BadInput)
-    parent = Path(config.model_dir).resolve()
-    require(not (out.resolve() == parent or out.resolve().is_relative_to(parent)),
-            "--out must not be the model directory or lie inside it", BadInput)
+    check_outside_models(out)  # the parent's own directory too
     return out
 
 
@@ -219,8 +214,6 @@ def compress(config: CompressConfig, on_event: Event | None = None, access: Acce
     """Run the methods of `config.method` on a model directory, measure everything, write the report; returns it.
     A failure removes the output directory again: no half-made variants are left. `access`: the signature and data
     key options the parent is opened with (see `ModelDir.open`)."""
-    from .report import measure_originals, write_report
-
     config.validate()
     parent = ModelDir.open(config.model_dir, access)
     require(config.method in PLANS, f"--method must be one of {', '.join(PLANS)}, got {config.method!r}", BadInput)
@@ -235,15 +228,22 @@ def compress(config: CompressConfig, on_event: Event | None = None, access: Acce
         config = replace(config, compile=False)
     emit = on_event or (lambda *a, **k: None)
     ctx = Context(config, parent, images, split, emit, access=access)
-    # Variants are opened again with the data key only: they are not signed (sign them after compressing).
-    variant_access = replace(access or Access(), pubkey=None)
-    if out.exists():
-        shutil.rmtree(out)  # --overwrite, checked above; only now that every input is known to be good
-    try:
-        out.mkdir(parents=True)
-        (out / MARKER).touch()
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror})") from e
+    with OutputLock(out):  # of two compress runs into one --out, the second is refused (never both deleted)
+        _out_dir(config)  # again, under the lock: another run may have written it since
+        try:
+            empty_dir(out)  # --overwrite, checked above; only now that every input is known to be good
+            (out / MARKER).touch()
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot write there ({e.strerror})") from e
+        return _compress(ctx, parent, out, secret, emit, replace(access or Access(), pubkey=None))
+
+
+def _compress(ctx: Context, parent: ModelDir, out: Path, secret: bool, emit: Event, variant_access: Access) -> dict:
+    """Make every variant into the locked `out` and write the report; a failure removes `out` again. Variants are
+    opened again with the data key only (`variant_access`): they are not signed (sign them after compressing)."""
+    from .report import measure_originals, write_report
+
+    config = ctx.config
     try:
         dirs, seconds = {}, {}
         with memory_workspace() if secret else contextlib.nullcontext(out) as workspace:

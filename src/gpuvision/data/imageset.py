@@ -13,7 +13,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from ..files import atomic_write, cache_root
+from ..errors import UserError
+from ..files import atomic_write, cache_root, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def load_cached(key: str) -> ImageSet | None:
     if not (meta_path.exists() and arrays_path.exists()):
         return None
     try:
-        return _validated(json.loads(meta_path.read_text()), read_arrays(arrays_path))
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        return _validated(parse_json(meta_path.read_bytes(), str(meta_path)), read_arrays(arrays_path))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, UserError) as e:
         log.warning("ignoring the damaged cache entry %s (%s); decoding again", arrays_path, e)
         return None
 
@@ -133,7 +134,7 @@ def _validated(meta: dict, arrays: dict) -> ImageSet:
         "labels": labels.dtype == np.int64 and labels.ndim == 1 and _within(labels, len(classes)),
         "given_part": parts.dtype == np.uint8 and parts.shape == (n,) and _within(parts, len(PARTS)),
         "classes": _strings(classes),
-        "keys": _strings(keys) and len(keys) == n,
+        "keys": _strings(keys) and len(keys) == n and len(set(keys)) == n,  # a key names one sample
         "skipped": _strings(meta["skipped"]),
         "native_sizes": isinstance(sizes, dict) and all(isinstance(v, int) and v >= 0 for v in sizes.values()),
         "names": all(isinstance(meta[k], str) for k in ("fingerprint", "name", "source")),

@@ -40,11 +40,21 @@ class InputSpec:
         require(all(v > 0 for v in self.std), f"input std must be positive, got {self.std}", BadInput)
 
     @classmethod
-    def from_images(cls, images: torch.Tensor) -> InputSpec:
-        """The spec of N x C x H x W uint8 images, with their per-channel mean and std (std at least 1)."""
-        x = images.float()
-        return cls(size=(int(x.shape[2]), int(x.shape[3])), channels=int(x.shape[1]),
-                   mean=tuple(x.mean(dim=(0, 2, 3)).tolist()), std=tuple(x.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()))
+    def from_images(cls, images: torch.Tensor, chunk: int = 1 << 26) -> InputSpec:
+        """The spec of N x C x H x W uint8 images, with their per-channel mean and std (std at least 1), summed in
+        float64 over chunks of about `chunk` pixels: a float copy of large images (10,000 at 2048 px) would not fit."""
+        n, c, h, w = images.shape
+        step = max(1, chunk // max(c * h * w, 1))
+        total, squares = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+        for start in range(0, n, step):
+            x = images[start : start + step].to(torch.float64)
+            total += x.sum(dim=(0, 2, 3))
+            squares += (x * x).sum(dim=(0, 2, 3))
+        count = max(n * h * w, 1)
+        mean = total / count
+        std = ((squares - count * mean * mean).clamp_min(0) / max(count - 1, 1)).sqrt()
+        return cls(size=(h, w), channels=c, mean=tuple(mean.float().tolist()),
+                   std=tuple(std.float().clamp_min(1.0).tolist()))
 
     def to_dict(self) -> dict:
         return {"size": list(self.size), "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}

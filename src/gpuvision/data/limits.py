@@ -46,15 +46,17 @@ def available_memory() -> int | None:
 
 
 def allocate(shape: tuple[int, ...], max_bytes: int | None, what: str) -> np.ndarray:
-    """An empty uint8 array for a decoded set, after checking its size against the bound and the free memory."""
+    """An empty uint8 array for a decoded set, after checking its size against the bound and against half the
+    available memory (training holds a second copy of its split beside the set, and more)."""
     need = math.prod(shape)
     bound = env_bytes("GPUVISION_MAX_DECODED_BYTES") if max_bytes is None else max_bytes
     dims = " x ".join(str(s) for s in shape)
     require(need <= bound, f"{what}: the decoded images ({dims}) need {_gib(need)}, more than the bound of "
             f"{_gib(bound)}; use a smaller --image-size, or raise GPUVISION_MAX_DECODED_BYTES if the memory exists")
     free = available_memory()
-    require(free is None or need <= free, f"{what}: the decoded images ({dims}) need {_gib(need)}, but only "
-            f"{_gib(free or 0)} of memory is available; use a smaller --image-size or free some memory")
+    require(free is None or need <= free // 2, f"{what}: the decoded images ({dims}) need {_gib(need)}, more than "
+            f"half of the {_gib(free or 0)} of memory available (training keeps a second copy of them); use a "
+            "smaller --image-size or free some memory")
     return np.empty(shape, dtype=np.uint8)
 
 

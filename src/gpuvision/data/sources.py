@@ -57,6 +57,8 @@ def load_images(
     kind, path = _source_kind(src)
     fingerprint = _fingerprint(kind, path)
     settings = {"image_size": list(image_size) if image_size else None, "channels": channels, "kind": kind}
+    if path is not None and path.is_file():  # an archive: a cache entry stands for it under the bound it was read
+        settings["max_archive_bytes"] = env_bytes("GPUVISION_MAX_ARCHIVE_BYTES")  # with, never a looser one
     key = cache_key(fingerprint, settings)
     images = load_cached(key) if cached else None
     if images is None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import IntegrityError, UserError, require
-from ..files import write_json
+from ..files import parse_json, write_json
 from .imageset import ImageSet
 
 
@@ -111,13 +111,39 @@ def save_split(path: Path, images: ImageSet, split: Split, seed: int) -> None:
     })
 
 
+class RecordsSplit(Protocol):
+    """What `recorded_split` needs of a model directory (artifact.ModelDir, which sits above data/)."""
+
+    path: Path
+    manifest: Any  # its .split is an artifact.SplitRecord
+
+    def read_json(self, name: str) -> Any: ...
+
+
+def recorded_split(model_dir: RecordsSplit, images: ImageSet) -> Split:
+    """The train/val/test split a model directory recorded at training, as indices into `images` (its source,
+    decoded now): the one resolver of a model's images, used by evaluate, compress, demo, attacks and monitoring.
+
+    The split file is read through the model directory (verified, and decrypted if encrypted). A source whose
+    fingerprint differs from the recorded one is a UserError, never a newly drawn split: a model's test images are
+    the ones it was tested on, or none."""
+    record = model_dir.manifest.split
+    if images.fingerprint != record.source_fingerprint:
+        raise UserError(
+            f"{images.source} changed since the model was trained on it ({model_dir.path} recorded another "
+            "fingerprint), so its recorded split no longer exists: give the data it was trained on, or retrain "
+            "(evaluate --split all scores every image of any labelled source)"
+        )
+    return load_split(model_dir.read_json(record.file), images)
+
+
 def load_split(saved: Path | bytes | dict, images: ImageSet) -> Split:
     """The saved split (a file, its bytes, or its parsed JSON: a model directory's verified read) as indices into
     images; a changed source is a UserError, never a different test set."""
     if isinstance(saved, Path):
         saved = saved.read_bytes()
     if isinstance(saved, bytes):
-        saved = json.loads(saved)
+        saved = parse_json(saved, "the recorded split", IntegrityError)
     require(isinstance(saved, dict) and all(isinstance(saved.get(p), list) for p in ("train", "val", "test")),
             "the recorded split is malformed (not {source_fingerprint, train, val, test})", IntegrityError)
     if saved.get("source_fingerprint") != images.fingerprint:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.images import RESIZE_FILTER, RESIZE_RULE
 from ..data.input_spec import InputSpec
-from ..errors import IntegrityError
+from ..errors import IntegrityError, require
 from .base import Runtime
 
 INPUT, OUTPUT = "input", "logits"
@@ -96,6 +96,9 @@ class OnnxRuntime(Runtime):
                 raise IntegrityError(f"not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
             raise
         self.input = self.session.get_inputs()[0].name
+        outputs = self.session.get_outputs()[0].shape[-1]
+        require(not isinstance(outputs, int) or outputs == len(classes), f"the model lists {len(classes)} classes for "
+                f"a network of {outputs} outputs (the model directory is damaged)", IntegrityError)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())

@@ -11,13 +11,17 @@ from torch import nn
 from ..artifact import ModelDir
 from ..data.input_spec import InputSpec
 from ..device import autocast
-from ..errors import IntegrityError, Unsupported, require
-from ..models import create_model
+from ..errors import IntegrityError, Unsupported, UserError, require
+from ..models import create_model, planned_state
 from .base import Runtime
 
 
 def build_network(model_dir: ModelDir) -> nn.Module:
-    """The eager fp32 network of a safetensors model directory, in eval mode on the CPU."""
+    """The eager fp32 network of a safetensors model directory, in eval mode on the CPU.
+
+    The network the manifest describes is planned on the meta device and compared with the weights file, tensor by
+    tensor, before anything is allocated: a manifest edited to ask for a huge network (or to list other classes
+    than the network outputs) is refused at no cost."""
     m = model_dir.manifest
     require(m.format == "safetensors", f"{model_dir.path} holds a {m.format} model; this needs a PyTorch "
             "(safetensors) model directory", Unsupported)
@@ -25,10 +29,24 @@ def build_network(model_dir: ModelDir) -> nn.Module:
         state = load_safetensors(model_dir.read(m.weights))
     except SafetensorError as e:
         raise IntegrityError(f"{model_dir.path}: {m.weights} is not a readable safetensors file ({e})") from e
+    name, args = m.architecture["name"], m.architecture["args"]
+    damaged = f"{model_dir.path}: the manifest does not fit the weights (the model directory is damaged)"
+    require(args.get("num_classes") == len(m.classes), f"{damaged}: it lists {len(m.classes)} classes for a network "
+            f"of {args.get('num_classes')} outputs", IntegrityError)
     try:
-        net = create_model(m.architecture["name"], **m.architecture["args"])
+        planned = planned_state(name, **args)
+    except UserError as e:
+        raise IntegrityError(f"{damaged}: {e}") from e
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    differ = sorted(k for k in planned.keys() | given.keys() if planned.get(k) != given.get(k))
+    if differ:
+        k = differ[0]
+        raise IntegrityError(f"{damaged}: {len(differ)} tensors differ, e.g. {k} (architecture {planned.get(k)}, "
+                             f"weights {given.get(k)})")
+    try:
+        net = create_model(name, **args)
         net.load_state_dict(state)
-    except (TypeError, RuntimeError, ValueError) as e:  # unknown arguments, or weights of another shape
+    except (TypeError, RuntimeError, ValueError) as e:  # a dtype the network does not take
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise IntegrityError(f"{model_dir.path}: the weights do not fit the recorded architecture ({first})") from e
     return net.eval()

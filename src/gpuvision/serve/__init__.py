@@ -2,7 +2,7 @@
 
 A request flows through LitServe's hooks, each in the module of its concern:
 
-    decode_request   kserve_v2.decode_request (KServe v2 JSON or binary) | upload.decode_request (image files)
+    decode_request   kserve_v2.decode_request (KServe v2 JSON or binary) | upload.decode_images (image files)
     batch            batcher.batch: concurrent requests of one model as one batch (batcher.Batcher)
     predict          the model's Runtime (repository.py chose it and warmed every batch bucket up)
     unbatch          batcher.unbatch: each request its rows
@@ -25,12 +25,19 @@ log = logging.getLogger(__name__)
 
 
 def read_key(path: str) -> str:
-    """The API key in a file (surrounding whitespace ignored)."""
+    """The API key in a file (surrounding whitespace ignored); a warning if other users may read the file."""
     file = Path(path)
     require(file.is_file(), f"--api-key-file {path}: no such file", NotFound)
+    if file.stat().st_mode & 0o077:
+        log.warning("--api-key-file %s is readable by other users of this machine; `chmod 600 %s`", path, path)
     key = file.read_text(errors="replace").strip()
     require(len(key) >= 16, f"--api-key-file {path}: the key must be at least 16 characters", BadInput)
     return key
+
+
+def server_url(host: str, port: int, tls: bool) -> str:
+    """The URL clients reach the server at; an IPv6 address in brackets (RFC 3986: http://[::1]:8000)."""
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, access: Access | None = None
@@ -50,14 +57,15 @@ def serve(config: ServeConfig, on_ready: Callable[[dict], None] | None = None, a
     with listen(config.host, config.port) as sock:  # first: a taken port fails before the models load
         models = open_models(config, access)
         app = build_app(models, config, key)
-        url = f"{'https' if config.ssl_certfile else 'http'}://{config.host}:{sock.getsockname()[1]}"
+        url = server_url(config.host, sock.getsockname()[1], bool(config.ssl_certfile))
         log.info("serving %s on %s (OpenAPI at /openapi.json; SIGTERM or Ctrl-C stops)",
                  ", ".join(m.name for m in models), url)
         if on_ready is not None:
             on_ready({"url": url, "models": [{"name": m.name, "version": m.version, "runtime": m.runtime.name,
                                               "choice": m.choice} for m in models]})
-        # Connections past this get uvicorn's own 503: requests being received are bounded, as queued ones are.
-        make_server(app, config.ssl_certfile, config.ssl_keyfile, 2 * config.max_queue + 64).run(sockets=[sock])
+        # Connections are bounded as queued requests are (transport.py: past the bound, the slowest gives way).
+        make_server(app, config.ssl_certfile, config.ssl_keyfile, 2 * config.max_queue + 64, config.request_timeout,
+                    config.max_client_connections).run(sockets=[sock])
 
 
-__all__ = ["read_key", "serve"]
+__all__ = ["read_key", "serve", "server_url"]

@@ -8,6 +8,9 @@ batcher, encode the answer. Every error is a JSON `{"error": "..."}` with the st
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -17,8 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..config import ServeConfig
 from ..errors import BadInput, NotFound, UserError, require
@@ -28,10 +31,14 @@ from .batcher import Batcher
 from .metrics import Metrics, ModelStats
 from .monitor import Collector, Monitor, new_ids, parse_feedback, prediction_ids
 from .repository import ServedModel
-from .transport import BodyLimit, check_key, decode_body
+from .transport import BodyLimit, Busy, ByteBudget, TooLarge, check_key, declared_length, decode_body
 
-INLINE_BYTES = 64 << 10  # smaller requests decode on the event loop: a thread hop would cost more than decoding
+INLINE_BYTES = 64 << 10  # smaller KServe bodies decode on the event loop: a thread hop would cost more than decoding
+INLINE_VALUES = 1 << 14  # smaller responses (rows x classes x outputs) encode on the loop, larger ones off it
+DECODERS = 2  # threads that decode request bodies and encode large responses: each may hold one decoded image
+BODY_BUDGET = 256 << 20  # bytes of request bodies in memory at once (at least 4 of the largest allowed)
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +74,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request, e: HTTPException):
         return _error(e.status_code, str(e.detail))
 
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request, e: ClientDisconnect):  # one line, not a traceback: nobody is left to answer
+        log.info("%s %s: the connection closed before the request had arrived (the client left, or was too slow "
+                 "for --request-timeout)", request.method, request.url.path)
+        return Response(status_code=400)
+
     @app.exception_handler(Exception)
     async def bug(request, e: Exception):  # a bug: the caller gets JSON; Starlette re-raises it for uvicorn to log
         return _error(500, "internal server error (logged on the server)")
@@ -78,6 +91,8 @@ class Service:
     def __init__(self, models: list[ServedModel], config: ServeConfig):
         self.config, self.metrics, self.ready = config, Metrics(), False
         self.max_bytes = int(config.max_body_mb * 1e6)
+        self.bodies = ByteBudget(max(BODY_BUDGET, 4 * self.max_bytes))
+        self.decoder = ThreadPoolExecutor(DECODERS, thread_name_prefix="gpuvision-decode")
         self.endpoints: dict[str, Endpoint] = {}
         for served in models:
             batcher = Batcher(partial(served.runtime.logits_normalised, tta=config.tta), config.max_batch_size,
@@ -103,6 +118,7 @@ class Service:
         for endpoint in self.endpoints.values():
             if endpoint.monitor is not None:
                 endpoint.monitor.close()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
 
     def find(self, name: str, version: str | None = None) -> Endpoint:
         require(name in self.endpoints, f"no model named {name!r}; this server has {', '.join(self.endpoints)}",
@@ -114,6 +130,46 @@ class Service:
 
     def body(self, request: Request, raw: bytes) -> bytes:
         return decode_body(raw, request.headers.get("content-encoding"), self.max_bytes)
+
+    @asynccontextmanager
+    async def receive(self, request: Request, limit: int | None = None) -> AsyncIterator[bytes | None]:
+        """Room for the request's body in the server's budget of bodies held in memory, for as long as the block
+        runs; with `limit`, the body itself, read (at most `limit` bytes, decompressed) once there is room. Without
+        room within half the request timeout, the body is read and dropped, and the answer is 503 (Retry-After)."""
+        declared = declared_length(request.headers.get("content-length"))
+        if limit is not None and declared is not None and declared > limit:  # refused before it is read
+            raise TooLarge(self._over(limit))
+        try:
+            held = await self.bodies.acquire(declared if declared is not None else limit or self.max_bytes,
+                                             self.config.request_timeout / 2)
+        except Busy:
+            async for _ in request.stream():  # drained, not kept: the client then reads the 503
+                pass
+            raise
+        try:
+            if limit is None:
+                yield None
+                return
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(self._over(limit))
+                chunks.append(chunk)
+            yield decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+        finally:
+            await self.bodies.release(held)
+
+    def _over(self, limit: int) -> str:
+        why = "(--max-body-mb)" if limit >= self.max_bytes else "(the most this model's inputs can need)"
+        return f"the request body is over {limit:,} bytes {why}"
+
+    async def offload(self, inline: bool, fn, *args):
+        """fn(*args) on the event loop when `inline` (small work: a thread hop would cost more), else in one of the
+        server's DECODERS threads: never a large decode or encode on the loop, never more than DECODERS at once."""
+        if inline:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, partial(fn, *args))
 
     async def live(self) -> dict:
         """The server process is up"""
@@ -150,27 +206,30 @@ class Service:
 
     async def infer(self, request: Request, endpoint: Endpoint) -> Response:
         """Inference: JSON, or with Triton's binary tensor data extension"""
-        served = endpoint.served
+        served, spec, max_batch = endpoint.served, endpoint.served.runtime.spec, self.config.max_batch_size
+        header_length = request.headers.get(kserve_v2.HEADER_LENGTH)
+        limit = min(self.max_bytes, kserve_v2.max_request_bytes(spec, max_batch, binary=header_length is not None))
         with endpoint.stats.request():
-            body = self.body(request, await request.body())
-            decoded = await _offload(kserve_v2.decode_request, len(body), body,
-                                     request.headers.get(kserve_v2.HEADER_LENGTH), served.runtime.spec,
-                                     self.config.max_batch_size)
+            async with self.receive(request, limit) as body:
+                decoded = await self.offload(len(body) < INLINE_BYTES, kserve_v2.decode_request, body, header_length,
+                                             spec, max_batch)
             response_id, ids = prediction_ids(decoded.id, len(decoded.x))
             logits = await endpoint.batcher.submit(decoded.x, decoded.pixels, ids)
-            content, headers = kserve_v2.encode_response(replace(decoded, id=response_id), logits, served.name,
-                                                         served.version, served.runtime.classes, ids,
-                                                         served.runtime.temperature(self.config.tta))
+            small = logits.numel() * len(decoded.outputs) <= INLINE_VALUES
+            content, headers = await self.offload(small, kserve_v2.encode_response, replace(decoded, id=response_id),
+                                                  logits, served.name, served.version, served.runtime.classes, ids,
+                                                  served.runtime.temperature(self.config.tta))
         return Response(content, headers=headers)
 
     async def predict(self, request: Request, name: str, top_k: int = Query(1, ge=1, le=upload.MAX_TOP_K)) -> dict:
         """Classify image files (multipart `file`, repeatable, or one image as the body)"""
         endpoint = self.find(name)
-        served = endpoint.served
+        served, spec = endpoint.served, endpoint.served.runtime.spec
         with endpoint.stats.request():
-            files = await self.files(request)
-            pixels, x = await _offload(upload.decode_images, sum(len(d) for _, d in files), files, served.model,
-                                       self.config.max_batch_size)
+            async with self.receive(request):
+                files = await self.files(request)
+                upload.check_pixels(files, spec, self.config.max_batch_size)  # from the headers: microseconds
+                pixels, x = await self.offload(False, upload.decode_images, files, spec)  # never on the event loop
             ids = new_ids(len(files))
             logits = await endpoint.batcher.submit(x, pixels, ids)
             return upload.encode_response([n for n, _ in files], logits, served.runtime.classes, top_k,
@@ -185,7 +244,8 @@ class Service:
     async def feedback(self, request: Request, name: str) -> dict:
         """Give a prediction (by its id) its true label: {"id": "...", "label": "<class>"}"""
         endpoint = self.find(name)
-        prediction_id, label = parse_feedback(self.body(request, await request.body()))
+        async with self.receive(request, self.max_bytes) as body:
+            prediction_id, label = parse_feedback(body)
         return endpoint.monitoring().feedback(prediction_id, label)
 
     async def monitor(self, name: str) -> dict:
@@ -215,12 +275,6 @@ def open_monitor(served: ServedModel, config: ServeConfig) -> Monitor:
     return Monitor(served.name, served.version, runtime.classes, runtime.spec.mean, runtime.spec.std,
                    manifest.reference, config.feedback_window, config.monitor_dir, runtime.name,
                    config.tta and manifest.tta_level > 0)
-
-
-async def _offload(fn, size: int, *args):
-    """fn(*args) on the event loop for a small request, else in a worker thread (a big body must not stall the
-    loop; for a small one the thread hop costs more than decoding)."""
-    return fn(*args) if size < INLINE_BYTES else await run_in_threadpool(fn, *args)
 
 
 def _model_routes(router: APIRouter, service: Service, method: str, suffix: str, handler, **kwargs) -> None:

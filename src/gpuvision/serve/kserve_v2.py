@@ -17,16 +17,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..artifact import MAX_CLASSES
 from ..data.input_spec import InputSpec, normalise
 from ..errors import BadInput, require
+from ..files import parse_json
 from ..runtime.calibration import probabilities
 from ..version import __version__
+from .transport import TooLarge, declared_length
 
 INPUT = "input"
 OUTPUTS = ("logits", "probabilities")
 DTYPES = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics"]
+MAX_DEPTH = 16  # a request nests 7 deep at most: object, inputs, tensor, and a 4-d `data`
+VALUE_TEXT = 24  # bytes a number takes at most as JSON text ("-1.2345678901234567e-05,"), for the size bound
+HEADER_SLACK = 64 << 10  # the rest of a JSON header: names, parameters, whitespace
 
 
 @dataclass(frozen=True)
@@ -59,28 +65,46 @@ def _int(value, what: str, low: int = 0, high: int | None = None) -> int:
     return value
 
 
+def max_values(spec: InputSpec, max_batch: int) -> int:
+    """The most tensor values one request may carry: max_batch images."""
+    return max_batch * spec.channels * spec.size[0] * spec.size[1]
+
+
+def max_request_bytes(spec: InputSpec, max_batch: int, binary: bool) -> int:
+    """The largest infer request body this model can need: max_batch images' values as JSON text, or with the
+    binary extension as raw bytes after a small JSON header. Anything larger is refused before it is parsed."""
+    return HEADER_SLACK + max_values(spec, max_batch) * (4 if binary else VALUE_TEXT)
+
+
 def decode_request(body: bytes, header_length: str | None, spec: InputSpec, max_batch: int) -> InferRequest:
     """The images and the wanted outputs of an infer request body (header_length: the binary extension's header)."""
     if header_length is None:
         header, data = body, b""
     else:
-        require(header_length.isdigit() and int(header_length) <= len(body),
-                f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body", BadInput)
-        header, data = body[: int(header_length)], body[int(header_length) :]
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
-        raise BadInput(f"the request is not valid JSON ({str(e)[:200]})") from e
+        length = declared_length(header_length, 12)
+        require(length is not None and length <= len(body), f"{HEADER_LENGTH} {header_length[:20]!r} is not a "
+                f"length within the {len(body)}-byte body", BadInput)
+        header, data = body[:length], body[length:]
+    # The values this model can take, checked before any parsing: by size, then by separators (C-speed counts).
+    limit, values = max_request_bytes(spec, max_batch, binary=False), max_values(spec, max_batch)
+    what = f"{max_batch} images of {spec.channels} x {spec.size[0]} x {spec.size[1]} values"
+    if len(header) > limit:
+        raise TooLarge(f"a JSON request for this model is at most {limit:,} bytes ({what}); this one is "
+                       f"{len(header):,}")
+    if header.count(b",") > values + HEADER_SLACK // 64:
+        raise TooLarge(f"the request holds more values than this model takes ({what}); send at most that")
+    doc = parse_json(header, "the request", BadInput, MAX_DEPTH)
     require(isinstance(doc, dict), "the request must be a JSON object with `inputs`", BadInput)
     request_id = doc.get("id")
     require(request_id is None or isinstance(request_id, str), "`id` must be a string", BadInput)
     inputs = doc.get("inputs")
     require(isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict),
             f"`inputs` must hold exactly one tensor, named {INPUT!r}", BadInput)
+    outputs = _outputs(doc)  # first: cheap, and refused before any array is built
     x, used, pixels = _input(inputs[0], data, spec, max_batch)
     require(used == len(data), f"the body has {len(data) - used} bytes of binary data that no tensor claims",
             BadInput)
-    return InferRequest(x, _outputs(doc), request_id, pixels)
+    return InferRequest(x, outputs, request_id, pixels)
 
 
 def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int
@@ -93,7 +117,7 @@ def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int
     require(datatype in layouts, f"input datatype {datatype!r}: use UINT8 [N, {h}, {w}, {c}] pixels or FP32 "
             f"[N, {c}, {h}, {w}] normalised values", BadInput)
     what, rest = layouts[datatype]
-    require(isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) for s in shape)
+    require(isinstance(shape, list) and len(shape) == 4 and all(type(s) is int for s in shape)  # not bool
             and shape[1:] == rest and 1 <= shape[0] <= max_batch,
             f"input shape {shape}: {datatype} takes [{what}] = [1..{max_batch}, {', '.join(map(str, rest))}] "
             f"(at most --max-batch-size {max_batch} images a request)", BadInput)
@@ -105,7 +129,7 @@ def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int
                 f"{shape} tensor is {count * dtype.itemsize} bytes (the body holds {len(data)})", BadInput)
         array = np.frombuffer(data[:size], dtype).copy()  # a writable copy for torch
     else:
-        array, size = _json_data(tensor.get("data"), dtype, count), 0
+        array, size = _json_data(tensor.get("data"), datatype, shape), 0
     array = array.reshape(shape)
     if datatype == "FP32":
         require(bool(np.isfinite(array).all()), "FP32 input holds NaN or infinity", BadInput)
@@ -116,18 +140,37 @@ def _input(tensor: dict, data: bytes, spec: InputSpec, max_batch: int
     return normalise(pixels, spec).clone(memory_format=torch.contiguous_format), size, pixels
 
 
-def _json_data(data, dtype: np.dtype, count: int) -> np.ndarray:
-    """A tensor's JSON `data` (flat or nested numbers) checked against its datatype's range."""
+def _json_data(data, datatype: str, shape: list[int]) -> np.ndarray:
+    """A tensor's JSON `data`, flat or nested as its shape, checked value by value against its datatype: UINT8
+    takes integers in 0..255, FP32 numbers; never strings, booleans or null (numpy would convert those)."""
     require(isinstance(data, list), "the input has neither `data` nor `binary_data_size`", BadInput)
+    flat, count = _flat(data, shape), int(np.prod(shape))
+    require(len(flat) == count, f"input `data` holds {len(flat)} values; the shape {shape} needs {count}", BadInput)
+    integers = datatype == "UINT8"
+    kinds = {int} if integers else {int, float}
+    require(set(map(type, flat)) <= kinds, f"{datatype} input `data` must hold only "  # exact types: not bool
+            f"{'integers' if integers else 'numbers'} (no strings, booleans, null or lists)", BadInput)
     try:
-        values = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise BadInput(f"input `data` must be numbers ({str(e).splitlines()[0][:100]})") from e
-    require(values.size == count, f"input `data` holds {values.size} values; the shape needs {count}", BadInput)
-    if dtype.kind == "u":
-        require(bool(((values >= 0) & (values <= 255) & (values == np.round(values))).all()),
-                "UINT8 input `data` must be integers in 0..255", BadInput)
-    return values.astype(dtype)
+        values = np.array(flat, dtype=np.int64 if integers else np.float64)
+    except OverflowError as e:
+        raise BadInput(f"{datatype} input `data` holds a number out of range") from e
+    if integers:
+        require(bool(((values >= 0) & (values <= 255)).all()), "UINT8 input `data` must be integers in 0..255",
+                BadInput)
+    return values.astype(DTYPES[datatype])
+
+
+def _flat(data: list, shape: list[int]) -> list:
+    """JSON tensor data as one flat list: given flat, or nested exactly as `shape` (row-major)."""
+    if not data or not isinstance(data[0], list):
+        return data
+    require(len(data) == shape[0], f"input `data` is nested as another shape than {shape}", BadInput)
+    flat = data
+    for size in shape[1:]:
+        require(all(isinstance(row, list) and len(row) == size for row in flat),
+                f"input `data` is nested as another shape than {shape}", BadInput)
+        flat = [x for row in flat for x in row]
+    return flat
 
 
 def _outputs(doc: dict) -> list[Output]:
@@ -140,12 +183,15 @@ def _outputs(doc: dict) -> list[Output]:
             "`outputs` must be a list of {name, parameters}", BadInput)
     outputs = []
     for o in wanted:
-        require(o.get("name") in OUTPUTS, f"unknown output {o.get('name')!r}; this model has {', '.join(OUTPUTS)}",
-                BadInput)
+        require(o.get("name") in OUTPUTS, f"unknown output {str(o.get('name'))[:100]!r}; this model has "
+                f"{', '.join(OUTPUTS)}", BadInput)
+        require(o["name"] not in {out.name for out in outputs}, f"output {o['name']!r} is asked for twice; ask "
+                "for each output once", BadInput)
         params = _object(o.get("parameters"), f"output {o['name']} parameters")
         as_binary = params.get("binary_data", binary)
         require(isinstance(as_binary, bool), "binary_data must be true or false", BadInput)
-        outputs.append(Output(o["name"], as_binary, _int(params.get("classification", 0), "classification")))
+        outputs.append(Output(o["name"], as_binary,
+                              _int(params.get("classification", 0), "classification", 0, MAX_CLASSES)))
     return outputs
 
 

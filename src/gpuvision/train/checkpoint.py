@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError, require
+from ..files import parse_json
 
 SEP = "/"
 def flatten(obj, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
@@ -78,9 +79,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def load_checkpoint(path: Path) -> dict:
     """The state saved by save_checkpoint; a damaged checkpoint is a UserError, never a traceback."""
     try:
-        skeleton = json.loads((path / "state.json").read_text())
+        skeleton = parse_json((path / "state.json").read_bytes(), str(path / "state.json"))
         state = unflatten(skeleton, load_file(str(path / "state.safetensors")))
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, SafetensorError) as e:
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, SafetensorError, UserError) as e:
         raise UserError(f"--resume: the checkpoint {path} is damaged ({type(e).__name__}); remove it to resume "
                         "from an earlier one, or start again with --overwrite") from e
     require(isinstance(state, dict) and {"config", "fingerprint", "epoch", "step", "model"} <= set(state),

@@ -7,16 +7,16 @@ unfinished run, recognised by the marker); an `--out` that is, contains or lies 
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 from dataclasses import fields, replace
 from datetime import datetime
 from pathlib import Path
 
-from ..artifact import MANIFEST
+from ..artifact import MANIFEST, check_outside_models
 from ..config import RESUMABLE_SETTINGS, TrainConfig
 from ..errors import BadInput, UserError, require
+from ..files import OutputLock, empty_dir
+
+RunLock = OutputLock  # the lock every writer takes (files.py); a run holds it on its directory while it writes
 
 MARKER = ".gpuvision-run"  # present from the start of a run until its manifest is written
 
@@ -28,6 +28,7 @@ def written_by_gpuvision(path: Path) -> bool:
 def check_out(out: Path, data: str | None, overwrite: bool) -> None:
     """Refuse an --out that would lose data, before anything is written."""
     require(not out.is_file(), f"--out {out} is a file; give a directory", BadInput)
+    check_outside_models(out)
     if data and data != "digits":
         source, target = Path(data).resolve(), out.resolve()
         require(not (target == source or target.is_relative_to(source) or source.is_relative_to(target)),
@@ -38,42 +39,10 @@ def check_out(out: Path, data: str | None, overwrite: bool) -> None:
                 "run marker); --overwrite replaces only those: choose another --out", BadInput)
 
 
-class RunLock:
-    """An exclusive OS lock on the run directory for as long as a run writes it (released when the process ends,
-    however it ends): a second run into the same --out gets a clear error instead of mixing files."""
-
-    def __init__(self, out: Path):
-        self.out, self.fd, self.created = out, None, False
-
-    def acquire(self) -> None:
-        try:
-            self.created = not self.out.exists()
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.out, os.O_RDONLY)
-        except OSError as e:
-            raise UserError(f"--out {self.out}: cannot create or open it ({e.strerror}); choose a writable "
-                            "directory") from e
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            self.release()
-            raise UserError(f"--out {self.out} is in use by another gpuvision run; wait for it or choose another "
-                            "--out") from e
-
-    def release(self) -> None:
-        """Unlock; a directory this lock created and nothing was written into (a refused run) goes again."""
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor releases the lock
-            self.fd = None
-            if self.created and self.out.is_dir() and not any(self.out.iterdir()):
-                self.out.rmdir()
-
-
 def start(out: Path) -> None:
     """Empty a locked run directory for a new run (it was checked to be gpuvision's) and mark it as in progress."""
     try:
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        empty_dir(out)
         (out / MARKER).write_text("a gpuvision training run writes this directory\n")
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from e

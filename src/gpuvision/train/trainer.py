@@ -259,7 +259,7 @@ class Trainer:
             self.architecture["weights"] = self.pretrained.describe()
             load_backbone(self.model, self.pretrained, model_spec(name).head(self.model))
         elif cfg.pretrained:
-            load_pretrained(self.model, cfg.pretrained)
+            load_pretrained(self.model, cfg.pretrained, cfg.pretrained_partial)
 
     # --------------------------------------------------------------------------------------------- train
     def train(self) -> None:

@@ -57,8 +57,24 @@ def float_images(arrays, meta):
     save_file(tensors, str(arrays))
 
 
+def nested_100000_deep(arrays, meta):  # Python's parser would recurse into a RecursionError (issue 22)
+    meta.write_text("[" * 100_000 + "]" * 100_000)
+
+
+def repeated_sample_key(arrays, meta):  # two samples under one key: the split could not tell them apart
+    data = json.loads(meta.read_text())
+    data["keys"][1] = data["keys"][0]
+    meta.write_text(json.dumps(data))
+
+
+def repeated_json_key(arrays, meta):  # json keeps the last value silently
+    text = meta.read_text()
+    meta.write_text(text[:-1] + ', "classes": ["x", "y"]}')
+
+
 @pytest.mark.parametrize("damage", [truncate, bad_json, missing_key, wrong_type, too_few_keys, label_out_of_range,
-                                    unknown_part, float_images])
+                                    unknown_part, float_images, nested_100000_deep, repeated_sample_key,
+                                    repeated_json_key])
 def test_damaged_entry_is_decoded_again_and_rewritten(tmp_path, monkeypatch, caplog, damage):
     monkeypatch.setenv("GPUVISION_CACHE", str(tmp_path / "cache"))
     tree = make_tree(tmp_path / "tree", per_class=3)

@@ -44,3 +44,12 @@ def test_statistics_from_images():
 def test_bad_specs_are_refused(bad):
     with pytest.raises(BadInput):
         InputSpec.from_dict(bad)
+
+
+def test_statistics_in_chunks_equal_the_whole_and_need_no_float_copy_of_the_set():
+    images = torch.randint(0, 256, (300, 3, 16, 16), dtype=torch.uint8)
+    whole, chunked = InputSpec.from_images(images), InputSpec.from_images(images, chunk=1000)
+    direct = images.float()
+    assert chunked.mean == whole.mean and chunked.std == whole.std
+    assert whole.mean == pytest.approx(tuple(direct.mean(dim=(0, 2, 3)).tolist()), rel=1e-5)
+    assert whole.std == pytest.approx(tuple(direct.std(dim=(0, 2, 3)).tolist()), rel=1e-5)

@@ -74,3 +74,18 @@ def test_bombs_are_refused_within_1_gib(tmp_path, build, env, kwargs, words):
     result = run_child(build(tmp_path), {"GPUVISION_CACHE": str(tmp_path / "cache"), **env}, **kwargs)
     assert result["outcome"].startswith("UserError: ") and words in result["outcome"], result
     assert result["peak_bytes"] < GIB, result
+
+
+def test_a_cached_archive_is_refused_under_a_lower_archive_bound(monkeypatch, tmp_path):
+    """The cache entry of an archive stands for it only under the bound it was read with (issue 22)."""
+    from helpers import write_tar
+
+    from gpuvision.data import load_images
+    from gpuvision.errors import UserError
+
+    monkeypatch.setenv("GPUVISION_CACHE", str(tmp_path / "cache"))
+    archive = write_tar(tmp_path / "small.tar", SAFE)
+    assert len(load_images(str(archive))) == 4  # decoded and cached under the default bound
+    monkeypatch.setenv("GPUVISION_MAX_ARCHIVE_BYTES", "1K")
+    with pytest.raises(UserError, match="more than 0 MiB uncompressed"):
+        load_images(str(archive))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from helpers import make_tree
 
+from gpuvision.artifact import ModelDir
 from gpuvision.data import load_images, make_split
-from gpuvision.data.split import load_split, save_split
+from gpuvision.data.split import load_split, recorded_split, save_split
 from gpuvision.errors import UserError
 
 
@@ -56,3 +59,13 @@ def test_bad_fractions():
         make_split(images, 1.0, 0.2)
     with pytest.raises(UserError, match="test-fraction"):
         make_split(images, 0.1, 0.0)
+
+
+def test_recorded_split_is_the_model_directorys_and_refuses_a_changed_source(tiny_model):
+    model_dir, images = ModelDir.open(tiny_model), load_images("digits")
+    split = recorded_split(model_dir, images)
+    saved = load_split(tiny_model / "split.json", images)
+    assert all(np.array_equal(split.part(p), saved.part(p)) for p in ("train", "val", "test"))
+    changed = replace(images, fingerprint="0" * 16)  # what the same source decodes to after a file changed
+    with pytest.raises(UserError, match=f"changed since the model was trained on it .*{tiny_model.name}"):
+        recorded_split(model_dir, changed)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from gpuvision.artifact import ModelDir
-from gpuvision.runtime import bucket, open_runtime, tta_logits
+from gpuvision.errors import IntegrityError
+from gpuvision.runtime import OnnxRuntime, bucket, build_network, open_runtime, tta_logits
+from gpuvision.runtime.onnx import export_metadata, onnx_model, serialize
 
 
 def test_buckets_are_powers_of_two():
@@ -33,3 +36,9 @@ def test_onnxruntime_and_eager_agree(tiny_model):
     ort = open_runtime(model_dir, "cpu", backend="onnxruntime")
     assert eager.name == "eager-fp32" and ort.name == "onnxruntime-fp32"
     assert torch.allclose(eager.logits(pixels, tta=True), ort.logits(pixels, tta=True), atol=1e-4)
+    # an ONNX graph of 10 outputs under a manifest of 11 classes is refused at load, never a wrong answer (issue 22)
+    m = model_dir.manifest
+    blob = serialize(onnx_model(build_network(model_dir), torch.zeros(2, *m.input.shape),
+                                export_metadata(m.input, m.classes, 0, "fastnet")))
+    with pytest.raises(IntegrityError, match="lists 11 classes for a network of 10 outputs"):
+        OnnxRuntime(blob, m.input, [*m.classes, "eleven"], 0, torch.device("cpu"), "fp32")

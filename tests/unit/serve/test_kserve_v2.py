@@ -13,6 +13,7 @@ from gpuvision.data.input_spec import InputSpec, normalise
 from gpuvision.errors import BadInput
 from gpuvision.serve import kserve_v2
 from gpuvision.serve.kserve_v2 import decode_request, encode_response
+from gpuvision.serve.transport import TooLarge
 
 SPEC = InputSpec((2, 3), 3, (10.0, 20.0, 30.0), (2.0, 4.0, 8.0))
 CLASSES = ["a", "b", "c"]
@@ -60,9 +61,18 @@ def test_fp32_input_is_taken_as_normalised_nchw():
     ({"name": "input", "datatype": "UINT8", "shape": [9, 2, 3, 3], "data": [0] * 162}, "max-batch-size"),
     ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": [0] * 17}, "holds 17"),
     ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": [256] + [0] * 17}, "0..255"),
-    ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": ["x"] * 18}, "numbers"),
+    ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": ["x"] * 18}, "only integers"),
     ({"name": "input", "datatype": "FP32", "shape": [1, 3, 2, 3], "data": [float("nan")] * 18}, "NaN"),
     ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3]}, "neither"),
+    # issue 22: each datatype strictly (numpy would turn "7" and true into numbers); a bool is not a dimension
+    ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": ["7"] * 18}, "only integers"),
+    ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": [True] * 18}, "only integers"),
+    ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": [1.5] * 18}, "only integers"),
+    ({"name": "input", "datatype": "FP32", "shape": [1, 3, 2, 3], "data": [None] * 18}, "only numbers"),
+    ({"name": "input", "datatype": "FP32", "shape": [1, 3, 2, 3], "data": [10 ** 400] * 18}, "out of range"),
+    ({"name": "input", "datatype": "UINT8", "shape": [True, 2, 3, 3], "data": [0] * 18}, "shape"),
+    ({"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": [[[[0] * 3] * 3] * 2] * 2},
+     "nested as another shape"),
 ])
 def test_a_wrong_tensor_is_refused_with_what_to_send(tensor, message):
     with pytest.raises(BadInput, match=message):
@@ -73,8 +83,12 @@ def test_a_wrong_tensor_is_refused_with_what_to_send(tensor, message):
     (b"{not json", None, "not valid JSON"),
     (b"[1, 2]", None, "JSON object"),
     (b'{"inputs": []}', None, "exactly one"),
-    (b'{"inputs": [{"name": "input"}], "outputs": [{"name": "x"}]}', None, "datatype"),
+    (b'{"inputs": [{"name": "input"}], "outputs": [{"name": "x"}]}', None, "unknown output"),
+    (b'{"inputs": [{"name": "input"}]}', None, "datatype"),
     (b"{}", "99", "within"),
+    (b"{}", "\u00b2", "within"),  # a latin-1 superscript two: str.isdigit() says yes, int() says no
+    (b"{}", "9" * 5000, "within"),
+    (b'{"inputs": [{"name": "input"}], "outputs": [{"name": "logits"}, {"name": "logits"}]}', None, "twice"),
 ])
 def test_malformed_requests_are_refused(body, length, message):
     with pytest.raises(BadInput, match=message):
@@ -95,18 +109,22 @@ def test_responses_in_json_and_binary_with_classification_and_the_id():
     logits = torch.tensor([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0]])
     tensor = {"name": "input", "datatype": "UINT8", "shape": [2, 2, 3, 3], "data": pixels().tolist()}
     doc = {"id": "42", "inputs": [tensor], "outputs": [
-        {"name": "probabilities"}, {"name": "logits", "parameters": {"binary_data": True}},
-        {"name": "probabilities", "parameters": {"classification": 2, "binary_data": True}}]}
+        {"name": "probabilities"}, {"name": "logits", "parameters": {"binary_data": True}}]}
     request = decode_request(json.dumps(doc).encode(), None, SPEC, 8)
     body, headers = encode_response(request, logits, "m", "v1", CLASSES)
     n = int(headers[kserve_v2.HEADER_LENGTH])
     head, blobs = json.loads(body[:n]), body[n:]
     assert head["id"] == "42" and head["model_name"] == "m" and head["model_version"] == "v1"
-    probs, raw_logits, top = head["outputs"]
+    probs, raw_logits = head["outputs"]
     assert np.allclose(probs["data"], torch.softmax(logits, 1).flatten().tolist()) and probs["shape"] == [2, 3]
     size = raw_logits["parameters"]["binary_data_size"]
-    assert np.array_equal(np.frombuffer(blobs[:size], "<f4").reshape(2, 3), logits.numpy())
-    strings, rest = [], blobs[size:]
+    assert np.array_equal(np.frombuffer(blobs[:size], "<f4").reshape(2, 3), logits.numpy()) and len(blobs) == size
+    doc["outputs"] = [{"name": "probabilities", "parameters": {"classification": 2, "binary_data": True}}]
+    body, headers = encode_response(decode_request(json.dumps(doc).encode(), None, SPEC, 8), logits, "m", "v1",
+                                    CLASSES)
+    n = int(headers[kserve_v2.HEADER_LENGTH])
+    [top] = json.loads(body[:n])["outputs"]
+    strings, rest = [], body[n:]
     while rest:
         (k,) = struct.unpack("<I", rest[:4])
         strings.append(rest[4 : 4 + k].decode())
@@ -119,9 +137,24 @@ def test_responses_in_json_and_binary_with_classification_and_the_id():
 
 
 def test_absurdly_deep_json_is_bad_input_not_a_crash():
-    with pytest.raises(BadInput):
-        decode_request(b"[" * 100_000 + b"]" * 100_000, None, SPEC, 8)
+    with pytest.raises(BadInput, match="nested more than"):
+        decode_request(b"[" * 30_000 + b"]" * 30_000, None, SPEC, 8)
     deep = {"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 2, 3, 3], "data": 0}]}
     text = json.dumps(deep).replace('"data": 0', '"data": ' + "[" * 5000 + "0" + "]" * 5000)
     with pytest.raises(BadInput):
         decode_request(text.encode(), None, SPEC, 8)
+
+
+def test_json_data_nested_as_the_shape_is_taken_and_a_body_past_what_the_model_needs_is_413():
+    x = pixels()
+    tensor = {"name": "input", "datatype": "UINT8", "shape": list(x.shape)}
+    nested = decode_request(json.dumps({"inputs": [{**tensor, "data": x.tolist()}]}).encode(), None, SPEC, 8)
+    flat = decode_request(json.dumps({"inputs": [{**tensor, "data": x.flatten().tolist()}]}).encode(), None, SPEC, 8)
+    assert torch.equal(nested.x, flat.x)
+    limit = kserve_v2.max_request_bytes(SPEC, 8, binary=False)
+    huge = json.dumps({"inputs": [{**tensor, "data": [0] * limit}]}).encode()  # refused before it is parsed
+    with pytest.raises(TooLarge, match="at most"):
+        decode_request(huge, None, SPEC, 8)
+    many = json.dumps({"inputs": [{**tensor, "data": [0] * 2000}]}).encode()  # small, but 2,000 values
+    with pytest.raises(TooLarge, match="more values than this model takes"):
+        decode_request(many, None, SPEC, 8)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ...config import bounds, check_value
 from ...data.augment import Augment
 from ...data.loader import epoch_steps  # noqa: F401  (the recipes' and benchmarks' name for it)
 from ...device.acceleration import optimizer_kernel
@@ -39,6 +41,23 @@ class BaseSettings:
     muon_ns_steps: int = 3  # Newton-Schulz iterations per update (torch's default is 5; 3 suffice here)
     muon_fixed_norm: bool = True  # keep each filter bank at norm sqrt(out channels): for convs followed by a norm
 
+    # The values each setting may take (recipe_args come from files): checked with the annotated types before a run
+    # writes anything. A subclass adds its own settings' bounds; check_settings merges them along the class tree.
+    BOUNDS: ClassVar[dict[str, dict]] = {
+        "epochs": bounds(0, 10_000, low_open=True), "batch_size": bounds(1, 1 << 16),
+        "lr": bounds(0, 1e6, low_open=True), "label_smoothing": bounds(0, 1), "tta_level": bounds(choices=(0, 1, 2)),
+        "optimizer": bounds(choices=OPTIMIZERS), "muon_lr": bounds(0, 1e6, low_open=True),
+        "muon_momentum": bounds(0, 1), "muon_ns_steps": bounds(1, 100)}
+
+
+def check_settings(settings) -> None:
+    """A recipe's settings dataclass, every field against its annotated type and its class's BOUNDS."""
+    known = {}
+    for cls in reversed(type(settings).__mro__):
+        known.update(vars(cls).get("BOUNDS", {}))
+    for f in fields(settings):
+        check_value(settings, f, f"recipe setting {f.name}", known.get(f.name, bounds()))
+
 
 class Recipe:
     """The hooks the Trainer calls; defaults do nothing."""
@@ -57,6 +76,7 @@ class Recipe:
         for k, v in overrides.items():
             if v is not None:
                 setattr(self.settings, k, v)
+        check_settings(self.settings)
         if self.settings.optimizer is not None and self.settings.optimizer not in self.optimizers:
             raise UserError(f"the {self.name} recipe trains with {' or '.join(self.optimizers)}, "
                             f"not {self.settings.optimizer!r}")

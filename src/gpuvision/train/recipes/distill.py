@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ...config import bounds
 from ...errors import require
 from ...models import ModelSpec
-from . import RECIPES, Recipe, create_recipe
+from . import RECIPES, Recipe, check_settings, create_recipe
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -29,6 +30,9 @@ class DistillSettings:
     alpha: float = 0.9  # weight of the soft-label term; 1 - alpha goes to the hard labels
     temperature: float = 4.0  # softens both distributions; the T^2 factor keeps gradient sizes comparable
 
+    BOUNDS = {"base": bounds(choices=("fast", "standard")), "alpha": bounds(0, 1),
+              "temperature": bounds(0, 1e3, low_open=True)}
+
 
 @RECIPES.register("distill")
 class DistillRecipe(Recipe):
@@ -37,9 +41,8 @@ class DistillRecipe(Recipe):
     def __init__(self, teacher: str = "", base: str = "fast", alpha: float = 0.9, temperature: float = 4.0,
                  **overrides):
         self.distill = DistillSettings(teacher, base, alpha, temperature)
+        check_settings(self.distill)
         require(bool(teacher), "the distill recipe needs recipe_args teacher=<model directory>")
-        require(base != "distill", "the distill recipe's base must be another recipe (fast or standard)")
-        require(0.0 <= alpha <= 1.0 and temperature > 0, "distill: alpha must be in [0, 1] and temperature > 0")
         self.base = create_recipe(base, **overrides)
         self.settings = self.base.settings  # the Trainer reads epochs, batch size and TTA from here
         self.loss_reduction = self.base.loss_reduction

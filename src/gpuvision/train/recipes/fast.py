@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import bounds
 from ...data.augment import Augment
 from ...models import ModelSpec
 from . import (
@@ -66,6 +67,12 @@ class FastSettings(BaseSettings):
     cutout: int = 0  # pixels; 0 is off
     tta_level: int = 2
     drop_last: bool = True  # every step a full batch (airbench's loader; one compiled shape)
+
+    BOUNDS = {**{k: bounds(0, 1e6) for k in ("weight_decay", "bias_scaler", "whiten_bias_scaler", "lr_start",
+                                             "lr_end", "min_steps", "lookahead_every")},
+              **{k: bounds(0, 1) for k in ("whiten_bias_fraction", "warmup_fraction", "low_res_fraction")},
+              "momentum": bounds(0, 1), "max_batch_size": bounds(1, 1 << 16), "translate": bounds(0, 1024),
+              "low_res_scale": bounds(0, 1, low_open=True), "cutout": bounds(0, 4096)}
 
 
 # Measured (BENCHMARKS.md, issue 10): on 10,000 CIFAR-10 images Muon beat airbench94 by 5.3 points with 0.675x its

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...config import bounds
 from ...data.augment import Augment
 from ...device.acceleration import optimizer_kernel
 from ...models import ModelSpec
@@ -36,6 +37,10 @@ class StandardSettings(BaseSettings):
     min_steps: int = 600
     body_lr: float = 0.1  # fine-tuning: the pretrained body's learning rate, relative to the new classifier's
     fine_tune_min_steps: int = 300
+
+    BOUNDS = {"momentum": bounds(0, 1), "weight_decay": bounds(0, 1e6), "warmup_fraction": bounds(0, 1),
+              "ema_half_life": bounds(0, 1e6, low_open=True), "ema_every": bounds(1, 1e6),
+              "translate_fraction": bounds(0, 1), "cutout": bounds(0, 4096), "min_steps": bounds(0, 1e9)}
 
 
 @RECIPES.register("standard")
