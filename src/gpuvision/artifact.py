@@ -112,6 +112,7 @@ class Manifest:
     flops: int | None = None
     metrics: dict = field(default_factory=dict)
     compression: dict | None = None
+    adversarial: dict | None = None  # adversarial training: its attack, eps, steps (attacks/training.py), or None
     versions: dict = field(default_factory=dict)
     created: str = ""
     files: dict = field(default_factory=dict)
@@ -121,8 +122,9 @@ class Manifest:
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in asdict(self).items() if k != "extra"}}
         d["input"] = self.input.to_dict()
-        if self.encryption is None:  # a plaintext manifest reads as it did before encryption existed
-            del d["encryption"]
+        for key in ("encryption", "adversarial"):  # absent unless used: a manifest reads as it did before them
+            if d[key] is None:
+                del d[key]
         return {**d, **self.extra}
 
     @classmethod
@@ -183,7 +185,7 @@ def _parse(d: dict) -> Manifest:
            f"encryption must be {{scheme: {aead.SCHEME}, key_id, plaintext: {{each listed file: sha256}}}}")
     tta = d.get("tta_level", 0)
     _check(tta in (0, 1, 2), "tta_level must be 0, 1 or 2")
-    for key, kind in (("reference", dict), ("compression", dict)):
+    for key, kind in (("reference", dict), ("compression", dict), ("adversarial", dict)):
         _check(d.get(key) is None or isinstance(d[key], kind), f"{key} must be an object")
     for key in ("settings", "recipe", "metrics", "versions"):
         _check(isinstance(d.get(key, {}), dict), f"{key} must be an object")
@@ -192,6 +194,7 @@ def _parse(d: dict) -> Manifest:
                     tta_level=tta, reference=d.get("reference"), seed=d.get("seed", 0),
                     settings=d.get("settings", {}), recipe=d.get("recipe", {}), params=d.get("params"),
                     flops=d.get("flops"), metrics=d.get("metrics", {}), compression=d.get("compression"),
+                    adversarial=d.get("adversarial"),
                     versions=d.get("versions", {}), created=d.get("created", ""), files=files, encryption=encryption,
                     extra={k: v for k, v in d.items() if k not in known and k != "schema_version"})
 

@@ -34,6 +34,10 @@ def _registry_choices(name: str) -> list[str]:
         from .export import FORMATS
 
         return FORMATS.names()
+    if name == "attacks":
+        from .attacks import ATTACKS
+
+        return ATTACKS.names()
     raise ValueError(f"no registry {name!r}")
 
 
@@ -92,6 +96,7 @@ def access_from_args(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import (
+        AttackConfig,
         CompressConfig,
         CryptConfig,
         EvaluateConfig,
@@ -125,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=argparse.SUPPRESS, help="a YAML or JSON file of these settings (flags "
                        "override it); also model_args and recipe_args")
     command("evaluate", "evaluate a model directory on its test split (or any labelled source)", EvaluateConfig, True)
+    command("attack", "attack a model (FGSM, PGD, APGD-CE): clean and robust accuracy, per class, and a picture",
+            AttackConfig, True)
     predict = command("predict", "classify image files", PredictConfig, True)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     demo = command("demo", "the main job on the embedded digits: train, evaluate, predict")
@@ -171,7 +178,7 @@ def run_train(args) -> int:
                "device": m.training.device, "precision": m.training.precision, "model": m.architecture["name"],
                "classes": m.classes, "split": m.split.sizes, "val_source": m.split.val_source,
                "test_source": m.split.test_source, "metrics": m.metrics,
-               "reference_accuracy": m.reference["accuracy"]}
+               "reference_accuracy": m.reference["accuracy"], "adversarial": m.adversarial}
     val = m.metrics.get("val_accuracy")
     human = (f"model saved to {result.model_dir} ({m.architecture['name']}, {m.training.device}, "
              f"{m.training.precision}, {result.seconds:.1f} s" +
@@ -196,6 +203,35 @@ def run_evaluate(args) -> int:
     lines.append(f"report: {report['report']}")
     if "confusion_png" in report:
         lines.append(f"confusion matrix: {report['confusion_png']}")
+    if report["adversarial_training"]:
+        lines.append(f"adversarially trained: {_describe_adversarial(report['adversarial_training'])}")
+    print("\n".join(lines))
+    return 0
+
+
+def _describe_adversarial(record: dict) -> str:
+    return f"{record['method']}, eps {record['eps'] * 255:.4g}/255, {record['steps']} step(s)"
+
+
+def run_attack(args) -> int:
+    from .config import AttackConfig
+    from .evaluate import attack
+
+    report = attack(config_from_args(AttackConfig, args, model_dir=args.model_dir), access_from_args(args))
+    if args.json:
+        _emit(report, True, "")
+        return 0
+    lines = [f"{report['method']} at eps {report['eps_text']} ({report['steps']} step(s)) on {report['n']} "
+             f"{report['split']} images: clean accuracy {report['clean_accuracy']:.4f}, robust accuracy "
+             f"{report['robust_accuracy']:.4f} ({report['seconds']} s)",
+             f"{'class':>16} {'clean':>9} {'robust':>9} {'support':>8}"]
+    for name, c in report["per_class"].items():
+        lines.append(f"{name:>16} {c['clean_accuracy']:9.4f} {c['robust_accuracy']:9.4f} {c['support']:8d}")
+    if report["adversarial_training"]:
+        lines.append(f"adversarially trained: {_describe_adversarial(report['adversarial_training'])}")
+    lines.append(f"report: {report['report']}")
+    if "png" in report:
+        lines.append(f"picture: {report['png']}")
     print("\n".join(lines))
     return 0
 
@@ -330,7 +366,8 @@ def run_crypt(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
+COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "attack": run_attack,
+            "predict": run_predict, "data": run_data,
             "compress": run_compress, "export": run_export, "serve": run_serve, "keys": run_keys, "sign": run_sign,
             "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt}
 

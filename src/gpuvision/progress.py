@@ -106,6 +106,8 @@ class TrainProgress:
             text = self._info(info["images_per_s"])
             if "val_accuracy" in info:
                 text += f" val {info['val_accuracy']:.4f}"
+            if "val_robust_accuracy" in info:
+                text += f" robust {info['val_robust_accuracy']:.4f}"
             self.progress.update(self.task, info=text)
             if not self.tty:
                 self._line(f"epoch {info['epoch']}: {text} ({info['seconds']:.1f} s, {self._eta(info['step'])})")

@@ -31,6 +31,7 @@ from ..artifact import (
     save_weights,
     write_manifest,
 )
+from ..attacks import AdversarialTraining
 from ..config import Access, TrainConfig
 from ..data import load_images, make_split
 from ..data.input_spec import InputSpec
@@ -116,7 +117,10 @@ class Trainer:
         if spec.data_init and not cfg.pretrained:  # given weights are kept as they are
             sample = torch.from_numpy(self.images.images[self.stats_sample[:DATA_INIT_IMAGES]]).to(self.device)
             spec.data_init(self.model, self.train_loader.normalise(sample))
-        self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec)
+        self.adversarial = AdversarialTraining.for_run(cfg, self.images, self.split, self.spec, self.device,
+                                                       self.acceleration) if cfg.adversarial else None
+        self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec,
+                                           perturb=self.adversarial)
         self.optimizer, self.scaler = self.train_step.optimizer, self.train_step.scaler
         self.step, self.epoch, self.history = 0, 0, []
         self.best = self._best_epoch()
@@ -145,7 +149,7 @@ class Trainer:
         require(len(self.split.val) > 0, f"{flag} needs a validation split: give --val-fraction above 0 (or a val/ "
                 "folder)", BadInput)
         require(cfg.eval_every > 0, f"{flag} compares validation passes: give --eval-every 1 (or more)", BadInput)
-        return BestEpoch("val_accuracy", cfg.early_stop)
+        return BestEpoch("val_robust_accuracy" if cfg.adversarial else "val_accuracy", cfg.early_stop)
 
     def _open_resume(self) -> TrainConfig:
         """Lock the run directory, read its last checkpoint and take the run's own settings from it."""
@@ -218,6 +222,8 @@ class Trainer:
             if len(self.val_loader.labels) and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
                 record["val_loss"], record["val_accuracy"] = self.validate()
                 self._require_finite(record["val_loss"], "the validation loss")
+                if self.adversarial:
+                    record["val_robust_accuracy"] = self.adversarial.robust_accuracy(model)
             stop = self.best is not None and self.best.observe(record, model, recipe)
             self.history.append(record)
             with open(self.out / METRICS_FILE, "a") as f:
@@ -297,7 +303,8 @@ class Trainer:
             "config": asdict(self.config), "fingerprint": self.images.fingerprint, "epoch": self.epoch,
             "step": self.step, "history": self.history, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "recipe": self.recipe.state_tensors(),
-            "rng": {"loader": self.train_loader.state()},
+            "rng": {"loader": self.train_loader.state(),
+                    **({"attack": self.adversarial.state()} if self.adversarial else {})},
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "best": self.best.state() if self.best else None,
         }
@@ -311,6 +318,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.recipe.load_state_tensors(state["recipe"])
             self.train_loader.set_state(state["rng"]["loader"])
+            if self.adversarial:
+                self.adversarial.load_state(state["rng"]["attack"])
             if self.scaler and state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
             if self.best and state.get("best"):
@@ -348,9 +357,10 @@ class Trainer:
             inference=Inference("eager", self.precision),
             training=Training(str(self.device), self.precision, 1, self.compiled, self.acceleration.to_json()),
             tta_level=self.recipe.settings.tta_level, reference=self.reference(), seed=cfg.seed,
+            adversarial=self.adversarial.record() if self.adversarial else None,
             settings=asdict(cfg), recipe=self.recipe.describe(), params=count_params(self.model),
             metrics={k: final[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                           "selected_by") if k in final},
+                                           "val_robust_accuracy", "selected_by") if k in final},
             versions=library_versions(), created=datetime.now().astimezone().isoformat(timespec="seconds"))
         if self.finalize:
             manifest = self.finalize(manifest, self.out)
