@@ -174,7 +174,7 @@ def attack(config: AttackConfig | str, access: Access | None = None, **settings)
     eps = pixel_fraction(config.eps, "--eps")
     step = pixel_fraction(config.step_size, "--step-size") if config.step_size is not None else None
     settings = AttackSettings(config.method, eps, config.steps, step, config.restarts,
-                              config.random_start if config.method == "pgd" else config.method == "apgd").resolved()
+                              config.random_start if config.method == "pgd" else None).resolved()
     started = time.perf_counter()
     outcome = attack_images(net, images, labels, settings, model.runtime.device, config.batch_size, config.seed)
     robust, right = outcome.robust(labels), outcome.clean == labels

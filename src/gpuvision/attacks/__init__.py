@@ -23,23 +23,25 @@ DEFAULT_STEPS = {"fgsm": 1, "pgd": 10, "apgd": 100}
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """One attack. eps and step_size are fractions of the pixel range (step_size None: the method's own: eps for
-    fgsm, 2.5 x eps / steps for pgd as in Madry et al. 2018; apgd adapts its own). early_stop: keep, per image, the
-    first adversarial point found (evaluation); off, the attack's last iterate (training)."""
+    """One attack. eps and step_size are fractions of the pixel range; None is the method's own: step_size eps for
+    fgsm, 2.5 x eps / steps for pgd (Madry et al. 2018), apgd adapts its own; a random start for pgd (apgd always
+    starts at one, fgsm from the image). early_stop: keep, per image, the first adversarial point found
+    (evaluation); off, the attack's last iterate (training)."""
 
     method: str = "pgd"
     eps: float = 8 / 255
     steps: int | None = None  # None: DEFAULT_STEPS[method]
     step_size: float | None = None
     restarts: int = 1
-    random_start: bool = True
+    random_start: bool | None = None
     early_stop: bool = True
 
     def resolved(self) -> AttackSettings:
         ATTACKS.get(self.method)  # an unknown method is a UserError naming the known ones
         steps = self.steps or DEFAULT_STEPS[self.method]
         step = self.step_size or {"fgsm": self.eps, "pgd": 2.5 * self.eps / steps}.get(self.method)
-        return replace(self, steps=steps, step_size=step)
+        start = self.method == "apgd" or (self.method != "fgsm" if self.random_start is None else self.random_start)
+        return replace(self, steps=steps, step_size=step, random_start=start)
 
     def to_json(self) -> dict:
         return {"method": self.method, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
