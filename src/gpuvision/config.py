@@ -147,8 +147,8 @@ class TrainConfig(Validated):
     resume: bool = setting(False, "continue the run in --out from its last checkpoint")
     strict: bool = setting(False, "refuse unreadable images instead of skipping them")
     adversarial: str | None = setting(None, "adversarial training: fgsm-rs (one FGSM step from a random start, Wong "
-                                      "et al. 2020) or pgd (Madry et al. 2018); --keep-best then selects on the "
-                                      "validation robust accuracy", choices=("fgsm-rs", "pgd"))
+                                      "et al. 2020) or pgd (Madry et al. 2018), keeping the epoch of best validation "
+                                      "robust accuracy", choices=("fgsm-rs", "pgd"))
     eps: str | float = setting("8/255", "adversarial training's L-infinity radius, a fraction of the pixel range: "
                                "8/255 or 0.0314")
     adv_steps: int | None = setting(None, "attack steps per training batch (default: 1 for fgsm-rs, 7 for pgd)",

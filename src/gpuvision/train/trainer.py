@@ -141,9 +141,11 @@ class Trainer:
                   val_source=self.split.val_source, test_source=self.split.test_source)
 
     def _best_epoch(self) -> BestEpoch | None:
-        """What keeps the best epoch's weights (--keep-best, --early-stop), or None."""
+        """What keeps the best epoch's weights (--keep-best, --early-stop), or None. Adversarial training keeps its
+        best robust epoch wherever it validates, as the papers do (robust overfitting; catastrophic overfitting)."""
         cfg = self.config
-        if not (cfg.keep_best or cfg.early_stop):
+        robust = bool(cfg.adversarial and len(self.split.val) and cfg.eval_every)
+        if not (cfg.keep_best or cfg.early_stop or robust):
             return None
         flag = "--early-stop" if cfg.early_stop else "--keep-best"
         require(len(self.split.val) > 0, f"{flag} needs a validation split: give --val-fraction above 0 (or a val/ "

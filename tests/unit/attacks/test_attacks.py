@@ -52,7 +52,7 @@ def test_every_attack_finds_the_linear_models_exact_answer(method):
     eps = 8 / 255
     expected_robust = margin.abs() > 8 * w.abs().sum()
     assert 0.2 < expected_robust.float().mean() < 0.8  # both kinds present
-    adv = run_attack(Linear(w), x, y, Threat.pixels(eps, CPU), AttackSettings(method, eps), g)
+    adv = run_attack(Linear(w), x, y, Threat.pixels(eps, CPU), AttackSettings(method, eps, steps=10), g)
     robust = Linear(w)(adv).argmax(1) == y
     assert torch.equal(robust, expected_robust)
 
