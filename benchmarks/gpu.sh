@@ -24,7 +24,7 @@
 #   6. time_to_accuracy.py --tools plain: the plain PyTorch loop, 1 epoch measured, projected
 #   7. optional, last, its failure harmless: a fresh `python -m gpuvision train` process, start to saved model
 # MODE=seeds: only step 4 with $SEEDS (default 20) seeds a tool, alternating, for the accuracy and time spread.
-# MODE=robust (issue 19): benchmarks/robustness.py, a ResNet-18 trained adversarially at 8/255 beside a normal one,
+# MODE=robust (issue 19): benchmarks/robustness.py, a ResNet-18 trained with PGD-7 at 8/255 beside a normal one,
 #   scored by PGD-20, APGD-CE and ART's APGD-CE on 2,000 test images; ROBUST_EXTRA adds or overrides its flags:
 #   run(command="OUT=$OUT MODE=robust bash benchmarks/gpu.sh", carry=[".local", "wheels"], timeout_s=600)
 set -uo pipefail
@@ -110,8 +110,8 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'gpuvision',
   if [ "$MODE" = robust ]; then
     # shellcheck disable=SC2086  # ROBUST_EXTRA is a list of flags
     step "robustness: resnet18" 530 "$PY" benchmarks/robustness.py --device "$DEVICE" --data "$DATA" \
-      --model resnet18 --adversarial pgd --adv-steps 2 --epochs 15 --batch-size 512 --out-dir "$RESULTS" \
-      ${ROBUST_EXTRA:-}
+      --model resnet18 --adversarial pgd --adv-steps 7 --epochs 15 --batch-size 512 --compile off \
+      --out-dir "$RESULTS" ${ROBUST_EXTRA:-}
   elif [ "$MODE" = seeds ]; then
     # shellcheck disable=SC2086  # TTA_EXTRA is a list of flags
     step "time to accuracy: $SEEDS seeds a tool, alternating" 530 "$PY" benchmarks/time_to_accuracy.py \

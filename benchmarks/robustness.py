@@ -66,7 +66,7 @@ def train(args, source: str, out: Path, adversarial: bool) -> dict:
              "eval_every": 1} if adversarial else {"eval_every": 0}
     load_before = os.getloadavg()
     result = gpuvision.train(data=source, out=str(out), device=args.device, model=args.model, epochs=args.epochs,
-                             batch_size=args.batch_size, precision=args.precision, seed=args.seed,
+                             batch_size=args.batch_size, precision=args.precision, compile=args.compile, seed=args.seed,
                              val_fraction=0.1, checkpoint_every=0, **extra)
     epochs = [r["seconds"] for r in result.history]
     return {"model_dir": str(out), "seconds": result.seconds, "epochs": len(epochs),
@@ -80,7 +80,7 @@ def step_ratio(args, rounds: int = 5, steps: int = 3) -> dict:
     change in the machine's load between the two training runs cannot skew it): the Trainer's step, its recipe and
     resolved acceleration, 32 px, batch --batch-size."""
     device = pick_device(args.device)
-    accel = acceleration.resolve(device, model=args.model, precision=args.precision)
+    accel = acceleration.resolve(device, model=args.model, precision=args.precision, compile=args.compile)
     spec = InputSpec((32, 32), 3, (128.0,) * 3, (64.0,) * 3)
     x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=accel.memory_format)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
@@ -188,6 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="fastnet")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--epochs", type=float, default=4.0, help="epochs of both runs")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--adversarial", default="fgsm-rs", choices=["fgsm-rs", "pgd"])

@@ -153,12 +153,16 @@ class TrainConfig(Validated):
                                "8/255 or 0.0314")
     adv_steps: int | None = setting(None, "attack steps per training batch (default: 1 for fgsm-rs, 7 for pgd)",
                                     low=1, high=100)
+    adv_step_size: str | float | None = setting(None, "the training attack's step, a fraction of the pixel range "
+                                                "(default: 1.25 x eps for fgsm-rs, 2.5 x eps / steps for pgd)")
 
     def validate(self) -> TrainConfig:
         super().validate()
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one",
                 BadInput)
         pixel_fraction(self.eps, "--eps")
+        if self.adv_step_size is not None:
+            pixel_fraction(self.adv_step_size, "--adv-step-size")
         require(self.adv_steps in (None, 1) or self.adversarial == "pgd", "--adv-steps goes with --adversarial pgd "
                 "(fgsm-rs takes one step)", BadInput)
         return self

@@ -35,11 +35,12 @@ class AdversarialTraining:
     in training mode, as the papers do; its random starts come from a generator seeded with `seed`."""
 
     def __init__(self, method: str, eps: float, steps: int | None, spec: InputSpec, device: torch.device,
-                 precision: str, seed: int, channels_last: bool = False):
+                 precision: str, seed: int, channels_last: bool = False, step_size: float | None = None):
         if method == "fgsm-rs":
-            self.settings = AttackSettings("fgsm", eps, 1, 1.25 * eps, random_start=True, early_stop=False)
+            self.settings = AttackSettings("fgsm", eps, 1, step_size or 1.25 * eps, random_start=True,
+                                           early_stop=False)
         else:
-            self.settings = AttackSettings("pgd", eps, steps or PGD_TRAIN_STEPS, early_stop=False)
+            self.settings = AttackSettings("pgd", eps, steps or PGD_TRAIN_STEPS, step_size, early_stop=False)
         self.settings = self.settings.resolved()
         self.method, self.spec, self.device, self.precision = method, spec, device, precision
         self.threat = Threat.normalised(eps, spec, device)
@@ -54,8 +55,10 @@ class AdversarialTraining:
                 acceleration: Acceleration) -> AdversarialTraining:
         """The Trainer's: its settings (--adversarial, --eps, --adv-steps, --seed), its step's precision and layout,
         and a fixed class-stratified draw of its val split to validate on."""
+        step = config.adv_step_size
         adversarial = cls(config.adversarial, pixel_fraction(config.eps, "--eps"), config.adv_steps, spec, device,
-                          acceleration.precision, config.seed, acceleration.channels_last)
+                          acceleration.precision, config.seed, acceleration.channels_last,
+                          pixel_fraction(step, "--adv-step-size") if step is not None else None)
         sample = np.sort(stratified_sample(images.labels, split.val, VAL_IMAGES, config.seed))
         adversarial.set_validation(images.images[sample], images.labels[sample])
         return adversarial
