@@ -23,7 +23,8 @@ mkdir -p wheels .local
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
   -d wheels rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0 safetensors==0.8.0 pyyaml==6.0.4 \
-  timm==1.0.31 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pytest-timeout==2.4.0
+  timm==1.0.31 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pytest-timeout==2.4.0 \
+  adversarial-robustness-toolbox==1.20.1 six==1.17.0 tqdm==4.70.1
 
 cp -u "$DATA" .local/cifar10-jpeg.tar.gz
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" || true)

@@ -28,6 +28,9 @@
 #   $RESULTS/bench/ (bench.json, bench.md, charts), then a one-GPU run under torchrun, which takes the DDP path
 #   (issue 18: an NCCL group of one, DDP, a mid-epoch checkpoint). Dry run: PYTHON=... DEVICE=cpu MODE=bench
 #   DATA=some.tar.gz
+# MODE=robust (issue 19): benchmarks/robustness.py, a ResNet-18 trained with PGD-7 at 8/255 beside a normal one,
+#   scored by PGD-20, APGD-CE and ART's APGD-CE on 2,000 test images; ROBUST_EXTRA adds or overrides its flags:
+#   run(command="OUT=$OUT MODE=robust bash benchmarks/gpu.sh", carry=[".local", "wheels"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +77,8 @@ import importlib.util
 wanted = {"airbench": "airbench", "rich": "rich", "markdown_it": "markdown-it-py", "mdurl": "mdurl",
           "pygments": "pygments", "safetensors": "safetensors", "yaml": "pyyaml", "timm": "timm",
           "pytest": "pytest", "pluggy": "pluggy", "iniconfig": "iniconfig", "packaging": "packaging",
-          "pytest_timeout": "pytest-timeout"}
+          "pytest_timeout": "pytest-timeout", "art": "adversarial-robustness-toolbox", "six": "six",
+          "tqdm": "tqdm"}
 print(" ".join(dist for module, dist in wanted.items() if importlib.util.find_spec(module) is None))
 EOF
   )
@@ -114,6 +118,11 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'gpuvision',
     step "1-GPU DDP (torchrun)" 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m gpuvision train \
       --data "$DATA" --epochs 1 --val-fraction 0.1 --checkpoint-every 100st --device "$DEVICE" --json \
       --out "$(mktemp -d)/ddp" > "$RESULTS/ddp-1gpu.json"
+  elif [ "$MODE" = robust ]; then
+    # shellcheck disable=SC2086  # ROBUST_EXTRA is a list of flags
+    step "robustness: resnet18" 530 "$PY" benchmarks/robustness.py --device "$DEVICE" --data "$DATA" \
+      --model resnet18 --adversarial pgd --adv-steps 7 --epochs 15 --batch-size 512 --compile off \
+      --out-dir "$RESULTS" ${ROBUST_EXTRA:-}
   elif [ "$MODE" = seeds ]; then
     # shellcheck disable=SC2086  # TTA_EXTRA is a list of flags
     step "time to accuracy: $SEEDS seeds a tool, alternating" 530 "$PY" benchmarks/time_to_accuracy.py \

@@ -182,6 +182,7 @@ class Manifest:
     flops: int | None = None
     metrics: dict = field(default_factory=dict)
     compression: dict | None = None
+    adversarial: dict | None = None  # adversarial training: its attack, eps, steps (attacks/training.py), or None
     versions: dict = field(default_factory=dict)
     created: str = ""
     files: dict = field(default_factory=dict)
@@ -191,10 +192,9 @@ class Manifest:
     def to_dict(self) -> dict:
         d = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in asdict(self).items() if k != "extra"}}
         d["input"] = self.input.to_dict()
-        if self.encryption is None:  # a plaintext manifest reads as it did before encryption existed
-            del d["encryption"]
-        if self.calibration is None:
-            del d["calibration"]
+        for key in ("encryption", "calibration", "adversarial"):  # absent unless used: reads as before they existed
+            if d[key] is None:
+                del d[key]
         return {**d, **self.extra}
 
     @classmethod
@@ -263,6 +263,7 @@ def _parse(d: dict) -> Manifest:
     _check(tta in (0, 1, 2), "tta_level must be 0, 1 or 2")
     _check(d.get("compression") is None or isinstance(d["compression"], dict), "compression must be an object")
     reference = Reference.from_dict(d["reference"], len(classes)) if d.get("reference") is not None else None
+    _check(d.get("adversarial") is None or isinstance(d["adversarial"], dict), "adversarial must be an object")
     for key in ("settings", "recipe", "metrics", "versions"):
         _check(isinstance(d.get(key, {}), dict), f"{key} must be an object")
     return Manifest(format=fmt, weights=weights, architecture=arch, classes=classes,
@@ -270,6 +271,7 @@ def _parse(d: dict) -> Manifest:
                     tta_level=tta, reference=reference, calibration=calibration, seed=d.get("seed", 0),
                     settings=d.get("settings", {}), recipe=d.get("recipe", {}), params=d.get("params"),
                     flops=d.get("flops"), metrics=d.get("metrics", {}), compression=d.get("compression"),
+                    adversarial=d.get("adversarial"),
                     versions=d.get("versions", {}), created=d.get("created", ""), files=files, encryption=encryption,
                     extra={k: v for k, v in d.items() if k not in known and k != "schema_version"})
 

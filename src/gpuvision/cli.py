@@ -24,7 +24,8 @@ from .errors import BadInput, UserError
 REGISTRY_NAMES = {"models": ("fastnet", "resnet18", "resnet34", "resnet50"),
                   "recipes": ("distill", "fast", "standard"),
                   "methods": ("prune", "int8", "distill", "all"),
-                  "formats": ("onnx", "pt2")}
+                  "formats": ("onnx", "pt2"),
+                  "attacks": ("apgd", "fgsm", "pgd")}
 
 
 def _registry_choices(name: str) -> list[str]:
@@ -88,6 +89,7 @@ def access_from_args(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import (
+        AttackConfig,
         BenchConfig,
         CompressConfig,
         CryptConfig,
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=argparse.SUPPRESS, help="a YAML or JSON file of these settings (flags "
                        "override it); also model_args and recipe_args")
     command("evaluate", "evaluate a model directory on its test split (or any labelled source)", EvaluateConfig, True)
+    command("attack", "attack a model (FGSM, PGD, APGD-CE): clean and robust accuracy, per class, and a picture",
+            AttackConfig, True)
     predict = command("predict", "classify image files, folders or glob patterns", PredictConfig, True)
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (every image in them, "
                          "recursively) or quoted glob patterns such as 'photos/**/*.jpg'")
@@ -185,7 +189,7 @@ def run_train(args) -> int:
                "device": m.training.device, "precision": m.training.precision, "model": m.architecture["name"],
                "classes": m.classes, "split": m.split.sizes, "val_source": m.split.val_source,
                "test_source": m.split.test_source, "metrics": m.metrics,
-               "reference_accuracy": m.reference.accuracy if m.reference else None}
+               "reference_accuracy": m.reference.accuracy if m.reference else None, "adversarial": m.adversarial}
     val = m.metrics.get("val_accuracy")
     human = (f"model saved to {result.model_dir} ({m.architecture['name']}, {m.training.device}, "
              f"{m.training.precision}, {result.seconds:.1f} s" +
@@ -225,6 +229,38 @@ def run_evaluate(args) -> int:
                       ("mistakes_png", "worst mistakes")):
         if key in report:
             lines.append(f"{what}: {report[key]}")
+    if report["adversarial_training"]:
+        lines.append(f"adversarially trained: {_describe_adversarial(report['adversarial_training'])}")
+    print("\n".join(lines))
+    return 0
+
+
+def _describe_adversarial(record: dict) -> str:
+    return f"{record['method']}, eps {record['eps'] * 255:.4g}/255, {record['steps']} step(s)"
+
+
+def run_attack(args) -> int:
+    from .config import AttackConfig
+
+    config, access = config_from_args(AttackConfig, args, model_dir=args.model_dir), access_from_args(args)
+    _starting(args)
+    from .evaluate import attack
+
+    report = attack(config, access)
+    if args.json:
+        _emit(report, True, "")
+        return 0
+    lines = [f"{report['method']} at eps {report['eps_text']} ({report['steps']} step(s)) on {report['n']} "
+             f"{report['split']} images: clean accuracy {report['clean_accuracy']:.4f}, robust accuracy "
+             f"{report['robust_accuracy']:.4f} ({report['seconds']} s)",
+             f"{'class':>16} {'clean':>9} {'robust':>9} {'support':>8}"]
+    for name, c in report["per_class"].items():
+        lines.append(f"{name:>16} {c['clean_accuracy']:9.4f} {c['robust_accuracy']:9.4f} {c['support']:8d}")
+    if report["adversarial_training"]:
+        lines.append(f"adversarially trained: {_describe_adversarial(report['adversarial_training'])}")
+    lines.append(f"report: {report['report']}")
+    if "png" in report:
+        lines.append(f"picture: {report['png']}")
     print("\n".join(lines))
     return 0
 
@@ -432,17 +468,18 @@ def run_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "data": run_data,
-            "compress": run_compress, "export": run_export, "serve": run_serve, "monitor": run_monitor,
-            "keys": run_keys, "sign": run_sign, "verify": run_verify, "encrypt": run_crypt, "decrypt": run_crypt,
-            "doctor": run_doctor, "bench": run_bench}
+COMMANDS = {"demo": run_demo, "train": run_train, "evaluate": run_evaluate, "attack": run_attack,
+            "predict": run_predict, "data": run_data, "compress": run_compress, "export": run_export,
+            "serve": run_serve, "monitor": run_monitor, "keys": run_keys, "sign": run_sign, "verify": run_verify,
+            "encrypt": run_crypt, "decrypt": run_crypt, "doctor": run_doctor, "bench": run_bench}
 
 
 # On a terminal, each command's first line, printed once its settings are checked and before it imports torch and
 # reads its input, which takes seconds: no command starts in silence. Not in logs and pipes, where bad input stays
 # exactly one line (`error: ...`) for scripts to read.
 STARTING = {"train": "training on {data}", "demo": "demo: training on the embedded digits", "evaluate":
-            "evaluating {model_dir}", "predict": "predicting with {model_dir}", "compress": "compressing {model_dir}",
+            "evaluating {model_dir}", "attack": "attacking {model_dir}", "predict": "predicting with {model_dir}",
+            "compress": "compressing {model_dir}",
             "export": "exporting {model_dir}", "serve": "starting the server", "data": "reading {src}",
             "sign": "signing {model_dir}", "verify": "verifying {model_dir}", "encrypt": "encrypting {model_dir}",
             "decrypt": "decrypting {model_dir}"}

@@ -56,7 +56,7 @@ class Cadence:
 def setting(default=MISSING, help: str = "", *, choices: tuple | str | None = None, low: float | None = None,
             high: float | None = None, low_open: bool = False, flag: bool = True, factory=None):
     """A config field: `help` for --help; `choices` a tuple or the name of a registry the CLI reads ("models",
-    "recipes", "methods", "formats"); `low`/`high` an inclusive range (`low_open`: low itself excluded);
+    "recipes", "methods", "formats", "attacks"); `low`/`high` an inclusive range (`low_open`: low itself excluded);
     `flag=False` for settings given another way (positional arguments, config files only)."""
     meta = {"help": help, **bounds(low, high, low_open=low_open, choices=choices), "flag": flag}
     if factory is not None:
@@ -68,6 +68,20 @@ def bounds(low: float | None = None, high: float | None = None, *, low_open: boo
            choices: tuple | str | None = None) -> dict:
     """The allowed values of a setting, as `check_value` reads them (see `setting`)."""
     return {"choices": choices, "low": low, "high": high, "low_open": low_open}
+
+
+def pixel_fraction(value, flag: str) -> float:
+    """An L-infinity radius or step as a fraction of the pixel range, written `8/255` or `0.0314` (a flag, a config
+    file or a manifest): the one parser, so every command reads it alike."""
+    text = str(value).strip()
+    try:
+        top, _, bottom = text.partition("/")
+        fraction = float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise BadInput(f"{flag} must be a fraction of the pixel range such as 8/255 or 0.0314, got {text!r}") from None
+    require(math.isfinite(fraction) and 0 < fraction <= 1, f"{flag} must be in (0, 1] (a fraction of the pixel "
+            f"range, e.g. 8/255), got {text}", BadInput)
+    return fraction
 
 
 def _base_types(annotation) -> tuple[type, ...]:
@@ -187,6 +201,15 @@ class TrainConfig(Validated):
     overwrite: bool = setting(False, "replace --out if it is a directory gpuvision wrote (a model or a run)")
     resume: bool = setting(False, "continue the run in --out from its last checkpoint")
     strict: bool = setting(False, "refuse unreadable images instead of skipping them")
+    adversarial: str | None = setting(None, "adversarial training: fgsm-rs (one FGSM step from a random start, Wong "
+                                      "et al. 2020) or pgd (Madry et al. 2018), keeping the epoch of best validation "
+                                      "robust accuracy", choices=("fgsm-rs", "pgd"))
+    eps: str | float = setting("8/255", "adversarial training's L-infinity radius, a fraction of the pixel range: "
+                               "8/255 or 0.0314")
+    adv_steps: int | None = setting(None, "attack steps per training batch (default: 1 for fgsm-rs, 7 for pgd)",
+                                    low=1, high=100)
+    adv_step_size: str | float | None = setting(None, "the training attack's step, a fraction of the pixel range "
+                                                "(default: 1.25 x eps for fgsm-rs, 2.5 x eps / steps for pgd)")
 
     def validate(self) -> TrainConfig:
         super().validate()
@@ -199,6 +222,11 @@ class TrainConfig(Validated):
                     "model_args" else "a setting of its own; give it as a flag or at the top level of --config"),
                     BadInput)
         Cadence.parse(self.checkpoint_every)
+        pixel_fraction(self.eps, "--eps")
+        if self.adv_step_size is not None:
+            pixel_fraction(self.adv_step_size, "--adv-step-size")
+        require(self.adv_steps in (None, 1) or self.adversarial == "pgd", "--adv-steps goes with --adversarial pgd "
+                "(fgsm-rs takes one step)", BadInput)
         return self
 
 
@@ -222,6 +250,40 @@ class EvaluateConfig(Validated):
     plot: bool = setting(True, "draw the confusion-matrix PNG")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     out: str | None = setting(None, "report directory (default: MODEL_DIR-eval)")
+
+
+@dataclass
+class AttackConfig(Validated):
+    """Settings of `gpuvision attack`: which images, which L-infinity attack, how strong."""
+
+    model_dir: str = setting(help="model directory", flag=False)
+    data: str | None = setting(None, "source to attack (default: the one recorded in the manifest)")
+    split: str = setting("test", "test, val, or all (every image of the source)", choices=("test", "val", "all"))
+    method: str = setting("pgd", "fgsm, pgd, or apgd (APGD-CE, Croce and Hein 2020)", choices="attacks")
+    eps: str | float = setting("8/255", "L-infinity radius, a fraction of the pixel range: 8/255 or 0.0314")
+    steps: int | None = setting(None, "attack iterations (default: 10 for pgd, 100 for apgd; fgsm takes one)",
+                                low=1, high=10_000)
+    step_size: str | float | None = setting(None, "pgd's step, a fraction of the pixel range (default: 2.5 x eps "
+                                            "/ steps)")
+    restarts: int = setting(1, "runs of pgd or apgd from new random starts (a point fooled once stays fooled)",
+                            low=1, high=100)
+    random_start: bool = setting(True, "pgd starts from a random point of the eps-ball")
+    limit: int | None = setting(None, "attack a class-stratified draw of N images of the split (default: all)",
+                                low=1)
+    batch_size: int = setting(256, "images attacked at once", low=1, high=1 << 16)
+    seed: int = setting(0, "seed of the random starts and of --limit's draw", low=0, high=MAX_SEED)
+    plot: bool = setting(True, "draw the PNG of originals, perturbations and adversarial images")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    out: str | None = setting(None, "report directory (default: MODEL_DIR-eval)")
+
+    def validate(self) -> AttackConfig:
+        super().validate()
+        pixel_fraction(self.eps, "--eps")
+        if self.step_size is not None:
+            pixel_fraction(self.step_size, "--step-size")
+        require(self.method == "pgd" or (self.step_size is None and self.random_start), "--step-size and "
+                "--no-random-start go with --method pgd (fgsm steps eps once; apgd sets its own steps)", BadInput)
+        return self
 
 
 @dataclass

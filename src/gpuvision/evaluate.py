@@ -9,6 +9,7 @@ made, so a signed or read-only model evaluates like any other.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from . import plots
 from .artifact import MANIFEST, ModelDir, check_outside_models
-from .config import Access, EvaluateConfig
+from .config import Access, AttackConfig, EvaluateConfig, pixel_fraction
 from .data import load_images
 from .data.split import recorded_split
 from .errors import BadInput, NotFound, UserError, require
@@ -146,6 +147,7 @@ def _evaluate(config: EvaluateConfig, model_dir: ModelDir, out: Path) -> dict:
         "split": config.split,
         "tta": tta,
         **classification_report(labels, logits.argmax(1).numpy(), model.classes),
+        "adversarial_training": model.manifest.adversarial,
     }
     if len(model.classes) > 5:
         report["top5_accuracy"] = top_k_accuracy(logits, labels, 5)
@@ -176,3 +178,61 @@ def _plot(report: dict, classes: list[str], images: np.ndarray, labels: np.ndarr
         report["mistakes_png"] = str(out / f"{split}-mistakes.png")
         plots.image_grid(worst, captions, Path(report["mistakes_png"]),
                          f"{split}: the {len(worst)} most confident mistakes")
+
+
+def attack(config: AttackConfig | str, access: Access | None = None, **settings) -> dict:
+    """Attack a model directory on its recorded split (or any labelled source), without TTA: clean and robust
+    accuracy, overall and per class; writes attack-<method>-<split>.json and .png into the report directory. Only a
+    PyTorch model directory can be attacked (an ONNX or int8 variant is Unsupported: it gives no gradients)."""
+    from .attacks import AttackSettings, attack_images
+    from .attacks.plot import plot_examples
+    from .data.split import stratified_sample
+
+    if isinstance(config, str):
+        config = AttackConfig(model_dir=config, **settings)
+    config.validate()
+    model_dir = ModelDir.open(config.model_dir, access)
+    out = report_dir(model_dir.path, config.out)
+    eager = model_dir.manifest.format == "safetensors"  # attacked in fp32, eager; any other format is refused below
+    backend, precision = ("eager", "fp32") if eager else (None, None)
+    model = Model(model_dir, open_runtime(model_dir, config.device, backend, precision))
+    net = model.pixel_model()
+    data = recorded_data(model_dir, config.data)
+    images, labels = select_images(model_dir, data, config.split)
+    if config.limit and config.limit < len(labels):
+        keep = np.sort(stratified_sample(labels, np.arange(len(labels)), config.limit, config.seed))
+        images, labels = images[keep], labels[keep]
+    eps = pixel_fraction(config.eps, "--eps")
+    step = pixel_fraction(config.step_size, "--step-size") if config.step_size is not None else None
+    settings = AttackSettings(config.method, eps, config.steps, step, config.restarts,
+                              config.random_start if config.method == "pgd" else None).resolved()
+    started = time.perf_counter()
+    outcome = attack_images(net, images, labels, settings, model.runtime.device, config.batch_size, config.seed)
+    robust, right = outcome.robust(labels), outcome.clean == labels
+    support = np.bincount(labels, minlength=len(model.classes))
+    per_class = {c: {"clean_accuracy": float(right[labels == i].mean()) if support[i] else 0.0,
+                     "robust_accuracy": float(robust[labels == i].mean()) if support[i] else 0.0,
+                     "support": int(support[i])} for i, c in enumerate(model.classes)}
+    report = {"schema_version": REPORT_SCHEMA_VERSION, "model_dir": str(model_dir.path),
+              "model_version": model_dir.version, "data": data, "split": config.split, "n": int(len(labels)),
+              "clean_accuracy": float(right.mean()) if len(labels) else 0.0,
+              "robust_accuracy": float(robust.mean()) if len(labels) else 0.0, **settings.to_json(),
+              "eps_text": str(config.eps), "tta": False, "device": str(model.runtime.device),
+              "seconds": round(time.perf_counter() - started, 2), "per_class": per_class,
+              "adversarial_training": model.manifest.adversarial}
+    name = f"attack-{config.method}-{config.split}"
+    with OutputLock(out):
+        try:
+            report["report"] = str(out / f"{name}.json")
+            if config.plot and len(outcome.example_indices):
+                report["png"] = str(out / f"{name}.png")
+                shown = outcome.example_indices
+                plot_examples(images[shown], outcome.examples, labels[shown], outcome.clean[shown],
+                              outcome.adversarial[shown], model.classes, eps, Path(report["png"]),
+                              f"{config.method} at eps {config.eps}: robust accuracy "
+                              f"{report['robust_accuracy']:.4f}, clean {report['clean_accuracy']:.4f} "
+                              f"(n={report['n']})")
+            write_json(report["report"], report)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot write the report there ({e.strerror}); give a writable --out") from e
+    return report

@@ -117,16 +117,22 @@ class TrainProgress:
         elif event == "log":
             self.loss, self.accuracy = info["loss"], info["accuracy"]
         elif event == "epoch_end":
-            self.loss, self.accuracy = info["train_loss"], info["train_accuracy"]
-            text = self._info(info["images_per_s"])
-            if "val_accuracy" in info:
-                text += f" val {info['val_accuracy']:.4f}"
-            self.progress.update(self.task, info=text)
-            if not self.tty:
-                self._line(f"epoch {info['epoch']}: {text} ({info['seconds']:.1f} s, {self._eta(info['step'])})")
+            self._epoch_end(info)
         elif event == "early_stop":
             self._line(f"stopped early after epoch {info['epoch']}: no better {info['metric']} since epoch "
                        f"{info['best_epoch']} ({info['value']:.4f}), whose weights are kept")
+
+
+    def _epoch_end(self, info: dict) -> None:
+        self.loss, self.accuracy = info["train_loss"], info["train_accuracy"]
+        text = self._info(info["images_per_s"])
+        if "val_accuracy" in info:
+            text += f" val {info['val_accuracy']:.4f}"
+        if "val_robust_accuracy" in info:
+            text += f" robust {info['val_robust_accuracy']:.4f}"
+        self.progress.update(self.task, info=text)
+        if not self.tty:
+            self._line(f"epoch {info['epoch']}: {text} ({info['seconds']:.1f} s, {self._eta(info['step'])})")
 
 
 class StageProgress:

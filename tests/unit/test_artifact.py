@@ -39,6 +39,16 @@ def test_manifest_round_trips_through_json(tiny_model):
     assert again == m
 
 
+def test_adversarial_record_round_trips_and_is_absent_otherwise(tiny_model):
+    from dataclasses import replace
+
+    m = ModelDir.open(tiny_model).manifest
+    assert "adversarial" not in m.to_dict()  # a manifest without it reads as before the field existed
+    record = {"method": "pgd", "eps": 8 / 255, "steps": 7}
+    again = Manifest.from_dict(json.loads(json.dumps(replace(m, adversarial=record).to_dict())))
+    assert again.adversarial == record and again.extra == {}
+
+
 def test_a_version_1_directory_loads_unchanged_and_predicts_as_it_did(tmp_path):
     v1 = tmp_path / "v1"
     shutil.copytree(FIXTURES / "v1-digits", v1)
@@ -113,6 +123,7 @@ def test_missing_or_altered_file_is_refused(copy_of, damage):
     (lambda m: {**m, "reference": {**OLD_REFERENCE, "accuracy": 1.5}}, "reference"),
     (lambda m: {**m, "reference": {**OLD_REFERENCE, "predicted": [1, 2]}}, "reference"),
     (lambda m: {**m, "reference": "0.9"}, "reference"),
+    (lambda m: {**m, "adversarial": "fgsm-rs"}, "adversarial"),
 ])
 def test_malformed_manifests_are_one_clear_error(copy_of, change, words):
     _rewrite(copy_of, change)

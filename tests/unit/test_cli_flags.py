@@ -36,6 +36,7 @@ def test_every_setting_is_a_flag_whose_help_shows_its_dataclass_default(command,
 
 
 def test_choices_come_from_the_registries():
+    from gpuvision.attacks import ATTACKS
     from gpuvision.cli import REGISTRY_NAMES
     from gpuvision.compress import PLANS
     from gpuvision.export import FORMATS
@@ -45,7 +46,8 @@ def test_choices_come_from_the_registries():
     assert by_dest["recipe"].choices == ["auto", *RECIPES.names()]
     # the CLI names them without importing the registries (torch): the names must stay the registries' own
     assert REGISTRY_NAMES == {"models": tuple(list_models()), "recipes": tuple(RECIPES.names()),
-                              "methods": tuple(PLANS), "formats": tuple(FORMATS.names())}
+                              "methods": tuple(PLANS), "formats": tuple(FORMATS.names()),
+                              "attacks": tuple(ATTACKS.names())}
 
 
 def test_parsing_and_help_import_no_torch():

@@ -68,7 +68,8 @@ def _runtime(model_dir: ModelDir, dev: torch.device, backend: str, precision: st
 
 
 class Model:
-    """A loaded model directory: `predict` on image files or arrays, `logits` on uint8 batches."""
+    """A loaded model directory: `predict` on image files or arrays, `logits` on uint8 batches, `pixel_model` for
+    attacks."""
 
     def __init__(self, model_dir: ModelDir, runtime: Runtime):
         self.model_dir, self.runtime = model_dir, runtime
@@ -82,6 +83,15 @@ class Model:
         """fp32 logits on the CPU for N x C x H x W uint8 images in the model's input size (tta None: the recipe's
         choice)."""
         return self.runtime.logits(images, self.manifest.tta_level > 0 if tta is None else tta, batch_size)
+
+    def pixel_model(self) -> torch.nn.Module:
+        """The differentiable pixels -> logits path (see `Runtime.pixel_model`): 0..255 float N x C x H x W on
+        `runtime.device` to fp32 logits, for attacks. An ONNX model (an export, an int8 variant) has none."""
+        m = self.manifest
+        require(m.format == "safetensors", f"{self.directory} is an {m.format} model ({m.inference.name}), which "
+                "computes no gradients: attacks need a PyTorch (safetensors) model directory, e.g. the one it was "
+                "made from", Unsupported)
+        return self.runtime.pixel_model()
 
     def predict(self, images: list, top_k: int = 1, tta: bool | None = None) -> list[list[dict]]:
         """Top-k classes for each image (a path, PIL image, H x W (x C) uint8 array); each {class, probability},

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.input_spec import InputSpec, normalise
+from ..errors import Unsupported
 
 MAX_BUCKET = 1024
 
@@ -44,6 +46,11 @@ class Runtime:
         """What this model's logits (with the recipe's TTA or without) are divided by before the softmax: the
         manifest's calibration, or 1 (see runtime/calibration.py)."""
         return self.calibration.for_tta(tta and self.tta_level > 0) if self.calibration else 1.0
+    def pixel_model(self) -> nn.Module:
+        """A differentiable fp32 module from 0..255 float pixels (N x C x H x W, on `device`) to logits, for attacks:
+        `logits` and `run` compute no gradients. Only the PyTorch backends have one."""
+        raise Unsupported(f"the {self.name} runtime computes no gradients, which attacks need; run a PyTorch "
+                          "(safetensors) model directory eager")
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ class EagerRuntime(Runtime):
             return self.net(x).float()
 
     def pixel_model(self) -> nn.Module:
-        """A differentiable fp32 module from 0..255 float pixels (N x C x H x W) to logits, for attacks."""
+        """The eager network in fp32 behind `Normalise` (also inductor's: its compiled graph is frozen)."""
         return nn.Sequential(self.spec.module().to(self.device), self.net).eval()
 
 

@@ -105,8 +105,8 @@ class TrainStep:
         factor = self.recipe.lr_factor(step, total)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor * self.recipe.group_factor(group, step, total)
-        if self.perturb is not None:
-            x = self.perturb(self.forward, x, y)
+        if self.perturb is not None:  # not through DDP: the attack's backward passes are not the step's
+            x = self.perturb(self.forward if self.network is self.model else self.model, x, y)
         global_size = global_size or len(y)
         if self._buffers and not self.scaler:
             torch._foreach_copy_(self._saved, self._buffers)

@@ -39,6 +39,7 @@ from ..artifact import (
     save_weights,
     write_manifest,
 )
+from ..attacks import AdversarialTraining
 from ..config import Access, Cadence, TrainConfig
 from ..data import load_images, make_split
 from ..data.limits import env_bytes, parse_bytes
@@ -145,9 +146,12 @@ class Trainer:
             sample = torch.from_numpy(self.images.images[self.stats_sample[:DATA_INIT_IMAGES]]).to(self.device)
             spec.data_init(self.model, self.train_loader.normalise(sample))
         self.synced_norms = self._sync_norms()
+        self.adversarial = AdversarialTraining.for_run(cfg, self.images, self.split, self.spec, self.device,
+                                                       self.acceleration) if cfg.adversarial else None
         self.train_step = TrainStep.create(self.model, self.recipe, self.device, self.acceleration, spec,
                                            world_size=self.world.size, accumulate=cfg.grad_accum,
-                                           synced_norms=self.synced_norms, ddp=self.world.distributed)
+                                           synced_norms=self.synced_norms, ddp=self.world.distributed,
+                                           perturb=self.adversarial)
         self.optimizer, self.scaler = self.train_step.optimizer, self.train_step.scaler
         self.cadence = Cadence.parse(cfg.checkpoint_every)
         self.step, self.epoch, self.history, self.in_epoch = 0, 0, [], None
@@ -200,15 +204,17 @@ class Trainer:
                     "change; restore the data or start a new run", BadInput)
 
     def _best_epoch(self) -> BestEpoch | None:
-        """What keeps the best epoch's weights (--keep-best, --early-stop), or None."""
+        """What keeps the best epoch's weights (--keep-best, --early-stop), or None. Adversarial training keeps its
+        best robust epoch wherever it validates, as the papers do (robust overfitting; catastrophic overfitting)."""
         cfg = self.config
-        if not (cfg.keep_best or cfg.early_stop):
+        robust = bool(cfg.adversarial and len(self.split.val) and cfg.eval_every)
+        if not (cfg.keep_best or cfg.early_stop or robust):
             return None
         flag = "--early-stop" if cfg.early_stop else "--keep-best"
         require(len(self.split.val) > 0, f"{flag} needs a validation split: give --val-fraction above 0 (or a val/ "
                 "folder)", BadInput)
         require(cfg.eval_every > 0, f"{flag} compares validation passes: give --eval-every 1 (or more)", BadInput)
-        return BestEpoch("val_accuracy", cfg.early_stop)
+        return BestEpoch("val_robust_accuracy" if cfg.adversarial else "val_accuracy", cfg.early_stop)
 
     def _sync_norms(self) -> bool:
         """Batch norm over the global batch (--sync-bn), where a process's share of a batch is small."""
@@ -272,6 +278,8 @@ class Trainer:
             if self.split.val.size and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or last):
                 record["val_loss"], record["val_accuracy"] = self.validate()
                 self._require_finite(record["val_loss"], "the validation loss")
+                if self.adversarial:
+                    record["val_robust_accuracy"] = self.adversarial.robust_accuracy(model)
             stop = self.best is not None and self.best.observe(record, model, recipe)
             self.history.append(record)
             if self.world.main:
@@ -400,7 +408,8 @@ class Trainer:
             "config": asdict(self.config), "fingerprint": self.images.fingerprint, "epoch": self.epoch,
             "step": self.step, "history": self.history, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "recipe": self.recipe.state_tensors(),
-            "rng": {"loader": self.epoch_start if in_epoch else self.train_loader.state()}, "in_epoch": in_epoch,
+            "rng": {"loader": self.epoch_start if in_epoch else self.train_loader.state(),
+                    **({"attack": self.adversarial.state()} if self.adversarial else {})}, "in_epoch": in_epoch,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "best": self.best.state() if self.best else None, "world_size": self.world.size,
         }
@@ -414,6 +423,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.recipe.load_state_tensors(state["recipe"])
             self.train_loader.set_state(state["rng"]["loader"])
+            if self.adversarial:
+                self.adversarial.load_state(state["rng"]["attack"])
             if self.scaler and state["scaler"]:
                 self.scaler.load_state_dict(state["scaler"])
             if self.best and state.get("best"):
@@ -475,9 +486,10 @@ class Trainer:
                               self.acceleration.to_json()),
             tta_level=self.recipe.settings.tta_level, reference=reference, calibration=self.calibrate(),
             seed=cfg.seed,
+            adversarial=self.adversarial.record() if self.adversarial else None,
             settings=asdict(cfg), recipe=self.recipe.describe(), params=count_params(self.model),
             metrics={k: final[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                           "selected_by") if k in final},
+                                           "val_robust_accuracy", "selected_by") if k in final},
             versions=library_versions(), created=datetime.now().astimezone().isoformat(timespec="seconds"))
         if self.finalize:
             manifest = self.finalize(manifest, self.out)
