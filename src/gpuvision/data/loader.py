@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .augment import Augment, cutout, flip_translate, resize
+from .augment import Augment, cutout, flip_translate, jitter, resize
 from .input_spec import InputSpec, normalise
 
 
@@ -62,7 +62,8 @@ class DeviceLoader:
             yield self._augment(self.images[idx], idx, epoch), self.labels[idx]
 
     def _augment(self, images: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        """A uint8 batch flipped and translated in one gather, normalised, resized to the epoch's side, cut out."""
+        """A uint8 batch flipped and translated in one gather, normalised, resized to the epoch's side, jittered,
+        cut out."""
         aug, g, device = self.augment, self.generator, images.device
         if aug.flip and aug.altflip:
             flip = self.base_flip[idx] ^ bool(epoch % 2)
@@ -73,6 +74,7 @@ class DeviceLoader:
         shifts = torch.randint(-aug.translate, aug.translate + 1, (len(idx), 2), device=device, generator=g)
         x = self.normalise(flip_translate(images, flip, shifts))
         x = resize(x, aug.side(epoch, images.shape[-1])) if aug.sides else x
+        x = jitter(x, aug.brightness, aug.contrast, g) if aug.brightness or aug.contrast else x
         return cutout(x, aug.cutout, g) if aug.cutout else x
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,8 @@ class FastSettings(BaseSettings):
     low_res_scale: float | None = None
     low_res_fraction: float = 0.5
     translate: int = 2  # pixels of random translation
+    brightness: float = 0.0  # per-image shift of the normalised input, uniform in +/- this; 0 is off
+    contrast: float = 0.0  # per-image scale of the normalised input, uniform in 1 +/- this; 0 is off
     cutout: int = 0  # pixels; 0 is off
     tta_level: int = 2
     drop_last: bool = True  # every step a full batch (airbench's loader; one compiled shape)
@@ -118,7 +120,7 @@ class FastRecipe(Recipe):
         low = image_size >= 16 and side < image_size
         sides = (side,) * math.ceil(s.low_res_fraction * math.ceil(s.epochs)) if low else ()
         return Augment(flip=True, altflip=True, translate=min(s.translate, image_size // 8), cutout=s.cutout,
-                       sides=sides)
+                       sides=sides, brightness=s.brightness, contrast=s.contrast)
 
     def prepare(self, model: nn.Module) -> None:
         if self.settings.lookahead_every:
