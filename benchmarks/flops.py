@@ -10,7 +10,8 @@ work (activations, batch norm, SGD's updates) is not counted by FlopCounterMode,
 either, being the same for both and tiny: the whitening layer's initialisation (a 12 x 12 eigendecomposition).
 
 gpuvision's steps are the Trainer's: ceil(epochs * steps per epoch), with the recipe's batch size and drop_last
-resolved for the data set's size as `gpuvision train` resolves them. airbench94 (PyPI airbench 0.1.8, `train94`):
+resolved for the data set's size as `gpuvision train` resolves them; the whitening bias trains in the recipe's
+first whiten_bias_fraction of them (after that, as for both peers, no gradient flows into the first block's input). airbench94 (PyPI airbench 0.1.8, `train94`):
 ceil(9.9 * floor(n / 1024)) steps of 1,024 (its loader drops the last batch), the whitening bias training in the
 first 3 epochs only (its backward then also skips the first block's input gradient). airbench94_muon (its own
 file, see peer_airbench_muon.py): ceil(8 * floor(n / 2,000)) steps of 2,000, its Muon's Newton-Schulz included,
@@ -75,18 +76,26 @@ def gpuvision_plan(n_train: int, image_size: int = 32, classes: int = 10, **over
     per_epoch = epoch_steps(n_train, s.batch_size, s.drop_last)
     steps = math.ceil(s.epochs * per_epoch)
     augment = recipe.augment(image_size)
-    steps_at: dict[int, int] = {}  # image side -> steps (progressive resizing trains the first epochs smaller)
-    for epoch in range(math.ceil(steps / per_epoch)):
-        side = augment.side(epoch, image_size)
-        steps_at[side] = steps_at.get(side, 0) + min(per_epoch, steps - epoch * per_epoch)
+    # (image side, whitening bias trains) -> steps: progressive resizing trains the first epochs smaller, and once
+    # the bias is frozen the first block's input gradient is no longer computed
+    early_end = math.ceil(s.whiten_bias_fraction * steps)
+    buckets: dict[tuple[int, bool], int] = {}
+    for step in range(steps):
+        key = (augment.side(step // per_epoch, image_size), step < early_end)
+        buckets[key] = buckets.get(key, 0) + 1
     flops = opt_flops = 0
-    for side, n in steps_at.items():
+    for (side, early), n in sorted(buckets.items()):
+        for p in recipe.early:
+            p.requires_grad_(early)
         grads, opt = _step_flops(model, optimizer, lambda z, y: recipe.loss(z, y, None), s.batch_size, side, classes)
         flops, opt_flops = flops + n * (grads + opt), opt_flops + n * opt
+    steps_at: dict[int, int] = {}
+    for (side, _), n in buckets.items():
+        steps_at[side] = steps_at.get(side, 0) + n
     return {"tool": "gpuvision", "n_train": n_train, "optimizer": s.optimizer, "batch_size": s.batch_size,
             "epochs": s.epochs, "steps": steps, "images": steps * s.batch_size, "flops_per_step": flops / steps,
             "optimizer_flops_per_step": opt_flops / steps, "flops": flops, "optimizer_flops": opt_flops,
-            "steps_at_side": steps_at, "settings": recipe.describe()}
+            "steps_at_side": steps_at, "whiten_bias_steps": early_end, "settings": recipe.describe()}
 
 
 def airbench_plan(n_train: int, epochs: float = 9.9, batch_size: int = 1024, whiten_bias_epochs: int = 3) -> dict:
