@@ -12,7 +12,8 @@ at 50000) and are scored with TTA (level 2, all) on the full 10,000-image test s
 tools in the order of --tools (gpuvision seed 0, airbench seed 0, gpuvision seed 1, ...). Every finished run
 appends one JSON line to the results file
 (benchmarks/results/budget-<subset>.jsonl) with its accuracy, its training FLOPs (benchmarks/flops.py, counted
-for exactly the run's settings), its wall time, the machine, load average, commit and date; a later invocation
+for exactly the run's settings), its wall time and CPU time (all threads; with --threads 1 on a loaded machine
+the less load-dependent of the two), the machine, load average, commit and date; a later invocation
 skips the (tool, label, seed) runs already there, so seeds accrue over invocations of at most --hours each.
 
 gpuvision: `gpuvision.train` (val_fraction 0, no checkpoints) on a JPEG tree of the subset (the archive's own
@@ -128,12 +129,14 @@ def report(records: list[dict], n_train: int) -> str:
     for (_, label), runs in groups.items():
         acc = benchlib.summary([r["accuracy"] for r in runs])
         f = np.mean([r["flops"] for r in runs])
+        cpu_s = [r["cpu_s"] for r in runs if "cpu_s" in r]  # process CPU time of the whole run (with evaluation)
+        cpu = f"{np.mean(cpu_s):.0f}" if cpu_s else ""
         rows.append([label, len(runs), f"{100 * acc['mean']:.2f}", f"{100 * acc['std']:.2f}", f"{100 * acc['min']:.2f}",
                      f"{100 * acc['max']:.2f}", runs[0]["batch_size"], f"{runs[0]['epochs']:g}", runs[0]["steps"],
                      f"{f / 1e12:.2f}", f"{f / base:.3f}",
-                     f"{np.mean([r['train_s'] for r in runs]):.0f}"])
+                     f"{np.mean([r['train_s'] for r in runs]):.0f}", cpu])
     return benchlib.markdown_table(["configuration", "seeds", "TTA acc % mean", "std", "min", "max", "batch", "epochs",
-                                    "steps", "train TFLOP", "x airbench94", "train wall s"], rows)
+                                    "steps", "train TFLOP", "x airbench94", "train wall s", "run CPU s"], rows)
 
 
 def default_label(overrides: dict, n_train: int) -> str:
@@ -191,9 +194,10 @@ def main(argv=None) -> int:
                 print(report(load(args.results), args.train_subset))
                 return 0
             load_start = os.getloadavg()
-            t = time.perf_counter()
+            t, cpu_t = time.perf_counter(), time.process_time()
             record = {"tool": tool, "label": label, "seed": seed, **RUNNERS[tool](args, data, seed),
-                      "wall_s": time.perf_counter() - t, "load_average_start": load_start,
+                      "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu_t,
+                      "load_average_start": load_start,
                       "load_average_end": os.getloadavg(), "threads": torch.get_num_threads(),
                       "commit": benchlib.git_commit(), "cpu": cpu, "torch": torch.__version__,
                       "date": datetime.now().astimezone().isoformat(timespec="seconds"),

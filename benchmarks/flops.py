@@ -11,11 +11,11 @@ either, being the same for both and tiny: the whitening layer's initialisation (
 
 gpuvision's steps are the Trainer's: ceil(epochs * steps per epoch), with the recipe's batch size and drop_last
 resolved for the data set's size as `gpuvision train` resolves them; the whitening bias trains in the recipe's
-first whiten_bias_fraction of them (after that, as for both peers, no gradient flows into the first block's input). airbench94 (PyPI airbench 0.1.8, `train94`):
-ceil(9.9 * floor(n / 1024)) steps of 1,024 (its loader drops the last batch), the whitening bias training in the
-first 3 epochs only (its backward then also skips the first block's input gradient). airbench94_muon (its own
-file, see peer_airbench_muon.py): ceil(8 * floor(n / 2,000)) steps of 2,000, its Muon's Newton-Schulz included,
-the whitening bias likewise in its first 3 epochs only.
+first whiten_bias_fraction of them (after that, as for both peers, no gradient flows into the first block's
+input). airbench94 (PyPI airbench 0.1.8, `train94`): ceil(9.9 * floor(n / 1024)) steps of 1,024 (its loader drops
+the last batch), the whitening bias training in the first 3 epochs only (its backward then also skips the first
+block's input gradient). airbench94_muon (its own file, see peer_airbench_muon.py): ceil(8 * floor(n / 2,000))
+steps of 2,000, its Muon's Newton-Schulz included, the whitening bias likewise in its first 3 epochs only.
 """
 
 from __future__ import annotations
