@@ -1,21 +1,27 @@
-"""Accuracy at a training budget on 20% of CIFAR-10: gpuvision's fast recipe against airbench94, seeds alternating.
+"""Accuracy at a training budget on CIFAR-10-JPEG: gpuvision's fast recipe against airbench94 and airbench94_muon.
 
     python benchmarks/budget.py                          # 5 seeds a tool; resumes; starts no run past --hours
     python benchmarks/budget.py --seeds 8 --hours 1      # more seeds, an hour at most per invocation
     python benchmarks/budget.py --report                 # the table from what has accrued, running nothing
     python benchmarks/budget.py --tools gpuvision --label lr0.3 --recipe-args '{"muon_lr": 0.3}'   # a variant
+    python benchmarks/budget.py --train-subset 50000 --tools airbench_muon,gpuvision,airbench --seeds 3 \
+        --threads 1 --precision bf16 --hours 12          # full scale (all 50,000 training images)
 
-Both tools train on the same 10,000 stratified training images (1,000 a class; `--train-subset`) and are scored
-with TTA (level 2, both) on the full 10,000-image test set. Seeds alternate between the tools (gpuvision seed 0,
-airbench seed 0, gpuvision seed 1, ...). Every finished run appends one JSON line to the results file
+The tools train on the same stratified training images (1,000 a class by default; `--train-subset`, all 50,000
+at 50000) and are scored with TTA (level 2, all) on the full 10,000-image test set. Seeds alternate between the
+tools in the order of --tools (gpuvision seed 0, airbench seed 0, gpuvision seed 1, ...). Every finished run
+appends one JSON line to the results file
 (benchmarks/results/budget-<subset>.jsonl) with its accuracy, its training FLOPs (benchmarks/flops.py, counted
-for exactly the run's settings), its wall time, the machine, load average, commit and date; a later invocation
+for exactly the run's settings), its wall time and CPU time (all threads; with --threads 1 on a loaded machine
+the less load-dependent of the two), the machine, load average, commit and date; a later invocation
 skips the (tool, label, seed) runs already there, so seeds accrue over invocations of at most --hours each.
 
 gpuvision: `gpuvision.train` (val_fraction 0, no checkpoints) on a JPEG tree of the subset (the archive's own
 bytes, extracted once into --work-dir), then `gpuvision.evaluate(split="test")`. airbench: `train94` of PyPI
 airbench 0.1.8, unchanged, on the same decoded pixels as its train.pt/test.pt (see peer_airbench.py), without
-its untimed per-epoch test pass. On the CPU both run in fp32, with --threads torch threads each.
+its untimed per-epoch test pass. airbench_muon: `main()` of KellerJordan/cifar10-airbench's airbench94_muon.py
+(its path: --muon-peer; see peer_airbench_muon.py) on the same train.pt/test.pt. On the CPU all run in
+--precision (bf16: autocast, where the CPU has fast bf16), with --threads torch threads each.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from gpuvision.data import load_images
 from gpuvision.device import cpu_model
 from gpuvision.train.recipes import create_recipe
 
-TOOLS = ("gpuvision", "airbench")
+TOOLS = ("gpuvision", "airbench", "airbench_muon")
+PEER_LABELS = {"airbench": "airbench94", "airbench_muon": "airbench94_muon"}
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -94,7 +101,18 @@ def run_airbench(args, data: dict, seed: int) -> dict:
             "batch_size": r["batch_size"], "epochs": r["epochs"]}
 
 
-RUNNERS = {"gpuvision": run_gpuvision, "airbench": run_airbench}
+def run_airbench_muon(args, data: dict, seed: int) -> dict:
+    import peer_airbench_muon
+
+    peer = peer_airbench_muon.MuonPeer(args.muon_peer, "cpu", bf16=args.precision == "bf16")
+    r = peer.run(data["airbench_root"], seed)
+    plan = flops.muon_peer_plan(args.train_subset, args.muon_peer)
+    return {"accuracy": r["accuracy"], "n_test": 10_000, "train_s": r["wall_s"], "timer_s": r["timer_s"],
+            "eval_s": None, "flops": plan["flops"], "optimizer_flops": plan["optimizer_flops"], "steps": plan["steps"],
+            "batch_size": r["batch_size"], "epochs": r["epochs"], "peer": peer_airbench_muon.describe(args.muon_peer)}
+
+
+RUNNERS = {"gpuvision": run_gpuvision, "airbench": run_airbench, "airbench_muon": run_airbench_muon}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -102,21 +120,23 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def report(records: list[dict]) -> str:
+def report(records: list[dict], n_train: int) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["tool"], r["label"]), []).append(r)
-    base = np.mean([r["flops"] for r in groups.get(("airbench", "airbench94"), [])] or [np.nan])
+    base = flops.airbench_plan(n_train)["flops"]  # arithmetic: the same whether airbench94 ran or not
     rows = []
     for (_, label), runs in groups.items():
         acc = benchlib.summary([r["accuracy"] for r in runs])
         f = np.mean([r["flops"] for r in runs])
+        cpu_s = [r["cpu_s"] for r in runs if "cpu_s" in r]  # process CPU time of the whole run (with evaluation)
+        cpu = f"{np.mean(cpu_s):.0f}" if cpu_s else ""
         rows.append([label, len(runs), f"{100 * acc['mean']:.2f}", f"{100 * acc['std']:.2f}", f"{100 * acc['min']:.2f}",
                      f"{100 * acc['max']:.2f}", runs[0]["batch_size"], f"{runs[0]['epochs']:g}", runs[0]["steps"],
                      f"{f / 1e12:.2f}", f"{f / base:.3f}",
-                     f"{np.mean([r['train_s'] for r in runs]):.0f}"])
+                     f"{np.mean([r['train_s'] for r in runs]):.0f}", cpu])
     return benchlib.markdown_table(["configuration", "seeds", "TTA acc % mean", "std", "min", "max", "batch", "epochs",
-                                    "steps", "train TFLOP", "x airbench94", "train wall s"], rows)
+                                    "steps", "train TFLOP", "x airbench94", "train wall s", "run CPU s"], rows)
 
 
 def default_label(overrides: dict, n_train: int) -> str:
@@ -135,7 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--label", default=None, help="name of the gpuvision configuration (default: the recipe's)")
     p.add_argument("--recipe-args", type=json.loads, default={}, help="gpuvision recipe overrides, as JSON")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="every tool's, on the CPU")
+    p.add_argument("--muon-peer", default=None, help="path of airbench94_muon.py (see peer_airbench_muon.py)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--hours", type=float, default=1.0, help="start no run after this long")
     p.add_argument("--results", type=Path, default=None, help="JSON-lines file (default under benchmarks/results)")
@@ -153,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
-        print(report(load(args.results)))
+        print(report(load(args.results), args.train_subset))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,29 +184,30 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     for seed in range(args.seeds):
         for tool in args.tools:
-            label = args.label if tool == "gpuvision" else "airbench94"
+            label = args.label if tool == "gpuvision" else PEER_LABELS[tool]
             done = [r for r in load(args.results) if r["tool"] == tool and r["label"] == label]
             if any(r["seed"] == seed for r in done):
                 continue
             expected = np.mean([r["wall_s"] for r in done]) if done else 0.0
             if time.perf_counter() - started + expected > 3600 * args.hours:
                 log(f"--hours {args.hours}: no time for {tool} seed {seed} (~{expected:.0f} s); run again to go on")
-                print(report(load(args.results)))
+                print(report(load(args.results), args.train_subset))
                 return 0
             load_start = os.getloadavg()
-            t = time.perf_counter()
+            t, cpu_t = time.perf_counter(), time.process_time()
             record = {"tool": tool, "label": label, "seed": seed, **RUNNERS[tool](args, data, seed),
-                      "wall_s": time.perf_counter() - t, "load_average_start": load_start,
+                      "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu_t,
+                      "load_average_start": load_start,
                       "load_average_end": os.getloadavg(), "threads": torch.get_num_threads(),
                       "commit": benchlib.git_commit(), "cpu": cpu, "torch": torch.__version__,
                       "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-                      "train_subset": args.train_subset}
+                      "train_subset": args.train_subset, "precision": args.precision}
             args.results.parent.mkdir(parents=True, exist_ok=True)
             with open(args.results, "a") as f:
                 f.write(json.dumps(record) + "\n")
             log(f"{tool} {label} seed {seed}: accuracy {record['accuracy']:.4f}, {record['flops'] / 1e12:.2f} TFLOP, "
                 f"{record['wall_s']:.0f} s")
-    print(report(load(args.results)))
+    print(report(load(args.results), args.train_subset))
     print(f"\nresults: {args.results}")
     return 0
 

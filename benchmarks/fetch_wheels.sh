@@ -5,6 +5,7 @@
 #                                gpuvision imports that a torch-2.11 GPU image might lack (gpu.sh installs only those
 #                                actually missing there)
 #   .local/cifar10-jpeg.tar.gz   the data (../shared does not travel to the GPU machine)
+#   .local/airbench94_muon.py    the airbench94_muon peer, from ../peers/ (or $MUON_PEER) if saved there
 #   .local/COMMIT                `git rev-parse --short HEAD` (+dirty), in case .git does not travel
 # Both folders are git-ignored; together they stay well under the 64 MiB a device call may carry (checked below).
 #
@@ -27,6 +28,8 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --p
   adversarial-robustness-toolbox==1.20.1 six==1.17.0 tqdm==4.70.1
 
 cp -u "$DATA" .local/cifar10-jpeg.tar.gz
+# The airbench94_muon peer is never part of the repository: copied only from where the user saved it.
+if [ -f "${MUON_PEER:-../peers/airbench94_muon.py}" ]; then cp -u "${MUON_PEER:-../peers/airbench94_muon.py}" .local/; fi
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" || true)
 echo "$(git rev-parse --short HEAD)$dirty" > .local/COMMIT
 

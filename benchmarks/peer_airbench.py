@@ -11,12 +11,16 @@ call beside it.
 On the CPU the package's CUDA-only calls are patched from here, never edited: `.cuda()` and `.half()` become no-ops
 (so inputs stay float32), both loaders load onto the CPU, its CUDA events become a wall clock and
 `torch.cuda.synchronize` a no-op. The network stays in channels_last (the package puts it there) and runs under
-bf16 autocast where the CPU has fast bf16 (AMX or AVX-512-BF16), else in float32.
+bf16 autocast where the CPU has fast bf16 (AMX or AVX-512-BF16), else in float32. That autocast region spans the
+whole call, so its cast cache is off (with it, the bf16 copies of the weights made at the first step served every
+later step: the network never learned), and the whitening initialisation runs in float32 all the same (`in_fp32`:
+under autocast its covariance came out in bf16, its smallest eigenvalues negative and the filters NaN).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -73,7 +77,7 @@ class WallClockEvent:
 
 
 @contextlib.contextmanager
-def _replaced(obj, name: str, value) -> Iterator[None]:
+def replaced(obj, name: str, value) -> Iterator[None]:
     old = getattr(obj, name)
     setattr(obj, name, value)
     try:
@@ -95,7 +99,33 @@ def _no_sync(*args, **kwargs) -> None:
 
 
 @contextlib.contextmanager
-def cpu_mode(utils, bf16: bool) -> Iterator[None]:
+def cpu_patches(extra: list[tuple] = (), bf16: bool = False) -> Iterator[None]:
+    """For the block: `.cuda()` and `.half()` no-ops (inputs stay float32), CUDA events a wall clock,
+    `torch.cuda.synchronize` a no-op, plus the peer's own (object, name, value) patches; bf16 autocast if asked."""
+    patches = [(torch.nn.Module, "cuda", _same_module), (torch.nn.Module, "half", _same_module),
+               (torch.Tensor, "half", _float_tensor), (torch.cuda, "Event", WallClockEvent),
+               (torch.cuda, "synchronize", _no_sync), *extra]
+    with contextlib.ExitStack() as stack:
+        for obj, name, value in patches:
+            stack.enter_context(replaced(obj, name, value))
+        if bf16:  # no cast cache: one region spans all steps, and cached weight casts would go stale
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))
+        yield
+
+
+def in_fp32(fn):
+    """fn with CPU autocast off: a peer's whitening must not compute its patch covariance in bf16 (its smallest
+    eigenvalues then come out negative and the filters NaN), as it does not on CUDA, where no autocast is on."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def cpu_mode(utils, bf16: bool):
     """Patch airbench's CUDA-only calls for the CPU for the duration of the block (see the module docstring)."""
     original_loader = utils.CifarLoader
 
@@ -104,19 +134,12 @@ def cpu_mode(utils, bf16: bool) -> Iterator[None]:
                      gpu="cpu"):
             super().__init__(path, train, batch_size, aug, drop_last, shuffle, altflip, gpu="cpu")
 
-    patches = [(torch.nn.Module, "cuda", _same_module), (torch.nn.Module, "half", _same_module),
-               (torch.Tensor, "half", _float_tensor), (torch.cuda, "Event", WallClockEvent),
-               (torch.cuda, "synchronize", _no_sync), (utils, "CifarLoader", CpuCifarLoader)]
-    with contextlib.ExitStack() as stack:
-        for obj, name, value in patches:
-            stack.enter_context(_replaced(obj, name, value))
-        if bf16:
-            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-        yield
+    return cpu_patches([(utils, "CifarLoader", CpuCifarLoader),
+                        (utils, "init_whitening_conv", in_fp32(utils.init_whitening_conv))], bf16)
 
 
 @contextlib.contextmanager
-def _in_directory(path: Path) -> Iterator[None]:
+def in_directory(path: Path) -> Iterator[None]:
     old = os.getcwd()
     os.chdir(path)
     try:
@@ -125,7 +148,7 @@ def _in_directory(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _no_epoch_eval(evaluate):
+def no_epoch_eval(evaluate):
     """airbench's evaluate, except the untimed per-epoch test pass (tta_level 0), which only feeds its table."""
 
     def wrapped(model, loader, tta_level=0):
@@ -152,13 +175,13 @@ def run_train94(root: Path, device: str, seed: int, epochs: float | None = None,
     torch.manual_seed(seed)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_in_directory(root))
+        stack.enter_context(in_directory(root))
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        stack.enter_context(_replaced(utils, "print_training_details", record))
+        stack.enter_context(replaced(utils, "print_training_details", record))
         if on_cpu:
             stack.enter_context(cpu_mode(utils, bf16))
         if not epoch_eval:
-            stack.enter_context(_replaced(utils, "evaluate", _no_epoch_eval(utils.evaluate)))
+            stack.enter_context(replaced(utils, "evaluate", no_epoch_eval(utils.evaluate)))
         loader = utils.CifarLoader("cifar10", train=True, batch_size=batch_size or hyp["opt"]["batch_size"],
                                    aug=hyp["aug"], altflip=True)
         lib94.train94(loader, epochs=hyp["opt"]["train_epochs"] if epochs is None else epochs, run=0, verbose=True)

@@ -1,13 +1,15 @@
-"""Time to accuracy on CIFAR-10-JPEG: gpuvision vs the airbench94 peer vs a plain PyTorch loop (issues 4 and 10).
+"""Time to accuracy on CIFAR-10-JPEG: gpuvision vs the airbench94 and airbench94_muon peers vs a plain PyTorch loop.
 
     python benchmarks/time_to_accuracy.py --device cuda --seeds 5                      # the GPU figure
-    python benchmarks/time_to_accuracy.py --device cuda --seeds 20 --no-cli-run --tools airbench,gpuvision
-    python benchmarks/time_to_accuracy.py --device cpu --seeds 1 --plain-epochs 1      # the CPU figure (hours here)
-    python benchmarks/time_to_accuracy.py --device cpu --train-subset 2000 --test-subset 1000 \\
+    python benchmarks/time_to_accuracy.py --device cuda --seeds 20 --no-cli-run --tools airbench,airbench_muon,gpuvision
+    python benchmarks/time_to_accuracy.py --device cpu --seeds 1 --tools airbench_muon,gpuvision --no-cli-run \
+        --muon-peer ../peers/airbench94_muon.py                                        # a CPU pair (1-2 h here)
+    python benchmarks/time_to_accuracy.py --device cpu --train-subset 2000 --test-subset 1000 \
         --epochs 1 --seeds 1 --plain-epochs 1 --batch-size 256                         # a smoke run (minutes)
 
 The data set is decoded once with gpuvision's loader (into its cache); every tool then sees the same pixels:
-gpuvision reads its cache, airbench gets the same uint8 arrays as train.pt/test.pt, and the plain loop decodes
+gpuvision reads its cache, the airbench peers get the same uint8 arrays as train.pt/test.pt (airbench94_muon: its
+own 8 epochs of 2,000 whatever --epochs and --batch-size say; see peer_airbench_muon.py), and the plain loop decodes
 the very same JPEG files through ImageFolder. All three train on every training image (no validation split)
 and are scored with TTA on the test images (the given 50,000 / 10,000 unless scaled down with the subset flags).
 
@@ -26,8 +28,8 @@ Each tool first makes one warm-up run (which pays torch.compile where it is on);
 the tools in the order of --tools (airbench seed 0, gpuvision seed 0, airbench seed 1, ...), and the result file
 is rewritten after every seed. The plain loop runs one seed after them; the fresh `python -m gpuvision train`
 process (--cli-run) is timed last of all, and a failure there loses nothing else. Ratios: "x airbench" is a
-tool's time over airbench's (issue 4's target <= 0.8, span and wall); "plain / tool" is how many times faster than
-the plain loop by wall time (target >= 5).
+tool's time over airbench's (issue 4's target <= 0.8, span and wall), "x muon" over airbench94_muon's (issue 17's
+target on the CPU <= 0.9); "plain / tool" is how many times faster than the plain loop by wall time (target >= 5).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from gpuvision.runtime.base import tta_logits
 from gpuvision.runtime.torch_backends import EagerRuntime
 from gpuvision.train.trainer import Trainer
 
-TOOLS = ("airbench", "gpuvision", "plain")
+TOOLS = ("airbench", "airbench_muon", "gpuvision", "plain")
 FULL_TRAIN, FULL_TEST = 50_000, 10_000
 WHITEN_IMAGES = 5_000  # the sample both tools whiten from
 TTA_BATCH = 2_000  # airbench's evaluation batch
@@ -200,14 +202,24 @@ class GpuvisionTool:
         return r
 
 
+def peer_folder(data: dict, work: Path) -> Path:
+    """cifar10/{train,test}.pt, the files both airbench peers read (written once)."""
+    import peer_airbench
+
+    root = work / "airbench"
+    if not (root / "cifar10" / "test.pt").exists():
+        images = data["images"]
+        peer_airbench.write_cifar_folder(root, images.images, images.labels, images.classes, data["train_idx"],
+                                         data["test_idx"])
+    return root
+
+
 class AirbenchTool:
     def __init__(self, args, data: dict, work: Path):
         import peer_airbench
 
         self.peer, self.args = peer_airbench, args
-        images = data["images"]
-        self.root = peer_airbench.write_cifar_folder(work / "airbench", images.images, images.labels, images.classes,
-                                                     data["train_idx"], data["test_idx"])
+        self.root = peer_folder(data, work)
         self.bf16 = {"auto": bf16_is_fast(torch.device("cpu")), "bf16": True, "fp32": False}[args.peer_precision]
         self.precision = peer_airbench.precision(args.device, self.bf16)
 
@@ -226,6 +238,32 @@ class AirbenchTool:
         return r
 
 
+class AirbenchMuonTool:
+    """airbench94_muon (see peer_airbench_muon.py): its own 8 epochs of 2,000 whatever --epochs/--batch-size say."""
+
+    def __init__(self, args, data: dict, work: Path):
+        import peer_airbench
+        import peer_airbench_muon
+
+        self.args, self.root = args, peer_folder(data, work)
+        bf16 = {"auto": bf16_is_fast(torch.device("cpu")), "bf16": True, "fp32": False}[args.peer_precision]
+        self.peer = peer_airbench_muon.MuonPeer(args.muon_peer, args.device, bf16)
+        self.precision = peer_airbench.precision(args.device, bf16)
+        self.describe = peer_airbench_muon.describe(args.muon_peer)
+
+    def warm_up(self) -> dict:
+        if self.args.warmup != "full":  # eager on the CPU: nothing to compile, and its run has one length only
+            return {"warmup_s": 0.0, "peer": self.describe}
+        return {"warmup_s": self.peer.run(self.root, "warmup")["wall_s"], "peer": self.describe}
+
+    def once(self, seed: int) -> dict:
+        r = self.peer.run(self.root, seed)
+        r.update(span_s=r["timer_s"], precision=self.precision)
+        log(f"airbench_muon seed {seed}: accuracy {r['accuracy']:.4f}; span {r['span_s']:.2f} s (its timer); "
+            f"wall {r['wall_s']:.2f} s")
+        return r
+
+
 def run_plain(args, data: dict) -> dict:
     import plain_pytorch
 
@@ -238,7 +276,7 @@ def run_plain(args, data: dict) -> dict:
     return {"runs": [r], "precision": "fp32", "projected": projected}
 
 
-TOOL_CLASSES = {"gpuvision": GpuvisionTool, "airbench": AirbenchTool}
+TOOL_CLASSES = {"gpuvision": GpuvisionTool, "airbench": AirbenchTool, "airbench_muon": AirbenchMuonTool}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -256,17 +294,20 @@ def table(results: dict, device: str) -> str:
         acc = benchlib.summary([run["accuracy"] for run in r["runs"]])
         label = f"{name} ({r['runs'][0]['epochs']} ep)" if r.get("projected") else name
 
-        def ratio(times, key, base="airbench"):
+        def ratio(times, key, base):
             t, b = times[key], times.get(base)
             return f"{t / b:.3f}" if t is not None and b else ""
 
         rows.append([label, device, r["precision"], len(r["runs"]), f"{100 * acc['mean']:.2f}",
                      f"{100 * acc['min']:.2f}", f"{100 * acc['max']:.2f}",
-                     f"{span[name]:.2f}" if span[name] is not None else "-", ratio(span, name),
-                     f"{wall[name]:.2f}" + (" (projected)" if r.get("projected") else ""), ratio(wall, name),
+                     f"{span[name]:.2f}" if span[name] is not None else "-", ratio(span, name, "airbench"),
+                     ratio(span, name, "airbench_muon"),
+                     f"{wall[name]:.2f}" + (" (projected)" if r.get("projected") else ""),
+                     ratio(wall, name, "airbench"), ratio(wall, name, "airbench_muon"),
                      f"{wall['plain'] / wall[name]:.2f}" if "plain" in wall else ""])
     return benchlib.markdown_table(["tool", "device", "precision", "seeds", "acc % mean", "min", "max", "span s",
-                                    "span x airbench", "wall s", "wall x airbench", "plain / tool"], rows)
+                                    "span x airbench", "span x muon", "wall s", "wall x airbench", "wall x muon",
+                                    "plain / tool"], rows)
 
 
 def notes(results: dict, scale: dict) -> list[str]:
@@ -285,6 +326,10 @@ def notes(results: dict, scale: dict) -> list[str]:
     if results.get("airbench", {}).get("runs"):
         a = results["airbench"]
         lines.append(f"airbench: span is its own timer; warm-up {a['warmup_s']:.1f} s")
+    if results.get("airbench_muon", {}).get("runs"):
+        a = results["airbench_muon"]
+        lines.append(f"airbench_muon ({a['peer']}): 8 epochs of 2,000 (its own); span is its own timer; warm-up "
+                     f"{a['warmup_s']:.1f} s")
     if results.get("plain", {}).get("runs"):
         p = results["plain"]["runs"][0]
         lines.append(f"plain: {p['epochs']} epoch(s) measured ({p['images_per_s']:.0f} img/s training); time shown is "
@@ -308,7 +353,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="gpuvision's --precision")
     p.add_argument("--compile", default="auto", help="gpuvision's --compile")
     p.add_argument("--peer-precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="airbench on the CPU: bf16 autocast or fp32 (auto: bf16 where the CPU has it fast)")
+                   help="the airbench peers on the CPU: bf16 autocast or fp32 (auto: bf16 where the CPU has it fast)")
+    p.add_argument("--muon-peer", default=None, help="path of airbench94_muon.py (see peer_airbench_muon.py)")
     p.add_argument("--warmup", choices=["full", "short"], default=None,
                    help="warm-up run length: full (default on CUDA) or 0.1 epoch (default on the CPU)")
     p.add_argument("--cli-run", action=argparse.BooleanOptionalAction, default=True,

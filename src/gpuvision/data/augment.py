@@ -16,13 +16,17 @@ import torch
 class Augment:
     """flip: mirror half the images (alternating per epoch when altflip); translate: max shift in pixels
     (reflect-padded); cutout: side of a zeroed square in pixels (0 = off); sides: the image side per epoch
-    (progressive resizing: images are scaled down to it; epochs past the tuple's end keep the native size)."""
+    (progressive resizing: images are scaled down to it; epochs past the tuple's end keep the native size);
+    brightness, contrast: per-image jitter of the normalised input, x -> (x + b) * c with b uniform in
+    +/-brightness and c in 1 +/- contrast (0 = off)."""
 
     flip: bool = True
     altflip: bool = True
     translate: int = 2
     cutout: int = 0
     sides: tuple[int, ...] = ()
+    brightness: float = 0.0
+    contrast: float = 0.0
 
     def side(self, epoch: int, native: int) -> int:
         return self.sides[epoch] if epoch < len(self.sides) else native
@@ -57,6 +61,15 @@ def resize(images: torch.Tensor, side: int) -> torch.Tensor:
     out = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True,
                                           align_corners=False)
     return out.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
+def jitter(images: torch.Tensor, brightness: float, contrast: float, draws: torch.Tensor) -> torch.Tensor:
+    """Shift each normalised image by one offset in +/-brightness, then scale it by one in 1 +/- contrast, from
+    `draws` (N x 2 uniform draws in [0, 1), drawn by the caller)."""
+    shape = (len(images), 1, 1, 1)
+    shift = ((draws[:, 0] * 2 - 1) * brightness).view(shape)
+    scale = (1 + (draws[:, 1] * 2 - 1) * contrast).view(shape)
+    return (images + shift.to(images.dtype)) * scale.to(images.dtype)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None,

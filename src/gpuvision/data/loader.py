@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .augment import Augment, cutout, flip_translate, resize
+from .augment import Augment, cutout, flip_translate, jitter, resize
 from .input_spec import InputSpec, normalise
 
 
@@ -121,12 +121,15 @@ class DeviceLoader:
         params = {"flip": torch.rand(size, device=device, generator=g) < 0.5 if aug.flip and not aug.altflip
                   else None,
                   "shifts": torch.randint(-aug.translate, aug.translate + 1, (size, 2), device=device, generator=g)}
+        if aug.brightness or aug.contrast:
+            params["jitter"] = torch.rand(size, 2, device=device, generator=g)
         if aug.cutout:
             params["corner"] = torch.rand(size, 2, device=device, generator=g)
         return {k: v if v is None or positions is None else v[positions] for k, v in params.items()}
 
     def _augment(self, images: torch.Tensor, local: torch.Tensor, epoch: int, params: dict) -> torch.Tensor:
-        """A uint8 batch flipped and translated in one gather, normalised, resized to the epoch's side, cut out."""
+        """A uint8 batch flipped and translated in one gather, normalised, resized to the epoch's side, jittered,
+        cut out."""
         aug = self.augment
         if aug.flip and aug.altflip:
             flip = self.base_flip[local] ^ bool(epoch % 2)
@@ -136,6 +139,7 @@ class DeviceLoader:
             flip = torch.zeros(len(local), dtype=torch.bool, device=self.device)
         x = self.normalise(flip_translate(images, flip, params["shifts"]))
         x = resize(x, aug.side(epoch, images.shape[-1])) if aug.sides else x
+        x = jitter(x, aug.brightness, aug.contrast, params["jitter"]) if "jitter" in params else x
         return cutout(x, aug.cutout, corner=params["corner"]) if aug.cutout else x
 
     def _rows(self, index) -> torch.Tensor:

@@ -187,3 +187,20 @@ def test_skipping_batches_replays_the_rest_of_the_epoch():
     full = [x for x, _ in a.epoch(1)]
     rest = [x for x, _ in b.epoch(1, skip=3)]
     assert len(rest) == len(full) - 3 and all(torch.equal(p, q) for p, q in zip(full[3:], rest))
+
+
+def test_brightness_contrast_jitter_shifts_then_scales_each_image_within_its_range():
+    from gpuvision.data.augment import jitter
+
+    x = torch.cat([torch.zeros(500, 3, 2, 4), torch.ones(500, 3, 2, 4)], 2)  # each image: top half 0, bottom 1
+    j = jitter(x, 0.5, 0.25, torch.rand(1000, 2, generator=torch.Generator().manual_seed(0)))
+    scale = j[:, 0, 3, 0] - j[:, 0, 0, 0]  # (1 + b) c - b c
+    shift = j[:, 0, 0, 0] / scale  # b c / c
+    assert scale.min() >= 0.75 and scale.max() <= 1.25 and shift.abs().max() <= 0.5
+    assert scale.std() > 0.1 and shift.std() > 0.2  # drawn per image
+    assert torch.equal(j[:, :, :2].amax((1, 2, 3)), j[:, :, :2].amin((1, 2, 3)))  # one shift and scale per image
+    spec = InputSpec((4, 4), 3, (0.0,) * 3, (1.0,) * 3)
+    loader = DeviceLoader(x.to(torch.uint8), torch.zeros(500, dtype=torch.long), 500, spec,
+                          Augment(translate=0, flip=False, brightness=0.5), torch.Generator().manual_seed(0))
+    batch, _ = next(loader.epoch(0))
+    assert batch[:, 0, 0, 0].abs().max() <= 0.5 and batch[:, 0, 0, 0].std() > 0.2  # the loader applies it

@@ -46,29 +46,50 @@ def test_sgd_gives_the_whitening_bias_the_base_rate_in_a_group_of_its_own():
     assert whiten[0]["lr"] == others["lr"]  # airbench94's rate for it: the base one, not the 64x of the BN biases
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
-def test_whitening_bias_freezes_by_a_zero_learning_rate(optimizer):
-    """The recipe's hooks in the Trainer's order, on random data: the bias trains, then stops, never toggled."""
-    net = _fastnet()
-    recipe = _recipe(optimizer=optimizer, whiten_bias_fraction=0.5, lookahead_every=0)  # Lookahead moves all
+def _run_hooks(recipe, net, total):
+    """The recipe's hooks in the Trainer's order, on random data; the whitening bias after each step, its rate
+    before each step, and its base rate."""
     recipe.prepare(net)
     opt = recipe.optimizer(net, CPU, model_spec("fastnet"))
     for group in opt.param_groups:
         group.setdefault("initial_lr", group["lr"])
+    whiten = next(g for g in opt.param_groups if g.get("role") == "early")
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))
-    total, history = 6, []
+    history, rates = [], []
     for step in range(total):
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * recipe.lr_factor(step, total) * recipe.group_factor(group, step, total)
+        rates.append(whiten["lr"])
         loss = recipe.loss(net(x), y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         recipe.after_step(net, step + 1, total)
         history.append(net.whiten.bias.detach().clone())
-        assert net.whiten.bias.requires_grad
+    return history, rates, whiten["initial_lr"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_whitening_bias_trains_first_then_is_frozen(optimizer):
+    net = _fastnet()
+    recipe = _recipe(optimizer=optimizer, whiten_bias_fraction=0.5, lookahead_every=0)  # Lookahead moves all
+    history, _, _ = _run_hooks(recipe, net, total=6)
     assert not torch.equal(history[0], history[2])  # trained in the first half (steps 1-3)
     assert torch.equal(history[3], history[5])  # frozen after
+    assert not net.whiten.bias.requires_grad  # and no gradient computed for it any more
+
+
+def test_muon_whitening_bias_rate_decays_on_its_own_to_zero():
+    """airbench94_muon: the bias's rate falls linearly from its peak to zero over its own steps (3 of 8 epochs),
+    while the other groups follow the whole run's schedule; SGD's (airbench94's) follows the schedule."""
+    recipe = _recipe(epochs=8, batch_size=100, n_train=1_000)  # 10 steps an epoch, 80 in all
+    assert recipe.settings.whiten_bias_fraction == 3 / 8 and recipe.settings.whiten_bias_decay
+    _, rates, base = _run_hooks(recipe, _fastnet(), total=80)
+    assert rates[:30] == pytest.approx([base * (1 - step / 30) for step in range(30)])
+    assert rates[30:] == [0.0] * 50
+    sgd = _recipe(optimizer="sgd", lookahead_every=0)
+    _, rates, base = _run_hooks(sgd, _fastnet(), total=10)
+    assert rates[:3] == pytest.approx([base * sgd.lr_factor(step, 10) for step in range(3)])
 
 
 def test_whitening_bias_never_trained_costs_no_gradient():
@@ -90,6 +111,7 @@ def test_given_weights_fine_tune_with_sgd_at_full_size_unless_told_otherwise():
     scratch = _recipe(n_train=10_000)
     assert scratch.settings.optimizer == "muon" and scratch.augment(32).sides
     assert _recipe(n_train=50_000).settings.optimizer == "sgd"  # Muon's settings are not yet tuned at that size
+    assert _recipe(n_train=50_000, optimizer="muon").settings.batch_size == 2_000  # airbench94_muon's 25 steps
     tuned = create_recipe("fast")
     tuned.resolve(10_000, 32, fine_tune=True)
     assert tuned.settings.optimizer == "sgd" and not tuned.augment(32).sides

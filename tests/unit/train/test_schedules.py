@@ -35,7 +35,7 @@ def test_batch_size_gives_about_16_steps_per_epoch(n, largest, expected):
     assert auto_batch_size(n, largest) == expected
 
 
-@pytest.mark.parametrize("optimizer, batch_size", [("sgd", 1024), ("muon", 2048)])
+@pytest.mark.parametrize("optimizer, batch_size", [("sgd", 1024), ("muon", 2000)])
 def test_recipes_scale_epochs_to_a_minimum_number_of_steps(optimizer, batch_size):
     small, large = create_recipe("fast", optimizer=optimizer), create_recipe("fast", optimizer=optimizer)
     small.resolve(1_294, 8)

@@ -48,10 +48,11 @@ class FastSettings(BaseSettings):
     optimizer: str | None = None
     lr: float | None = None  # SGD learning rate per 1,024 examples (decoupled from momentum); None: by optimizer
     momentum: float = 0.85  # SGD's Nesterov momentum
-    weight_decay: float = 0.0153  # per 1,024 examples, decoupled from the learning rate (SGD's parameters)
+    weight_decay: float | None = None  # per 1,024 examples, decoupled from the learning rate (SGD's parameters)
     bias_scaler: float = 64.0  # learning-rate multiplier for batch-norm biases (not their weight decay)
     whiten_bias_scaler: float | None = None  # learning-rate multiplier for the whitening layer's bias
-    whiten_bias_fraction: float = 0.3  # of the steps, the whitening layer's bias trains (then a zero lr)
+    whiten_bias_fraction: float | None = None  # of the steps, the whitening layer's bias trains (then it is frozen)
+    whiten_bias_decay: bool | None = None  # its rate decays linearly to zero over those steps (else: the schedule's)
     label_smoothing: float = 0.2
     warmup_fraction: float | None = None  # of all steps, to the peak learning rate
     lr_start: float | None = None  # schedule value at step 0, relative to the peak
@@ -64,6 +65,8 @@ class FastSettings(BaseSettings):
     low_res_scale: float | None = None
     low_res_fraction: float = 0.5
     translate: int = 2  # pixels of random translation
+    brightness: float = 0.0  # per-image shift of the normalised input, uniform in +/- this; 0 is off
+    contrast: float = 0.0  # per-image scale of the normalised input, uniform in 1 +/- this; 0 is off
     cutout: int = 0  # pixels; 0 is off
     tta_level: int = 2
     drop_last: bool = True  # every step a full batch (airbench's loader; one compiled shape)
@@ -82,10 +85,14 @@ MUON_MAX_TRAIN = 10_000
 
 # What the settings left None are, by optimizer: airbench94 (SGD) and airbench94_muon, except where noted.
 BY_OPTIMIZER = {
-    "sgd": dict(lr=11.5, epochs=9.9, whiten_bias_scaler=1.0, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07,
-                lookahead_every=5, max_batch_size=1024, min_steps=400, low_res_scale=1.0),
-    "muon": dict(lr=6.5, epochs=8.0, whiten_bias_scaler=64.0, warmup_fraction=0.0, lr_start=1.0, lr_end=0.0,
-                 lookahead_every=0, max_batch_size=2048, min_steps=150, low_res_scale=0.75),
+    "sgd": dict(lr=11.5, weight_decay=0.0153, epochs=9.9, whiten_bias_scaler=1.0, whiten_bias_fraction=0.3,
+                whiten_bias_decay=False, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07, lookahead_every=5,
+                max_batch_size=1024, min_steps=400, low_res_scale=1.0),
+    # airbench94_muon: batch 2,000; the whitening bias trains for 3 of the 8 epochs at its own linear decay; weight
+    # decay 2e-6 per example (x 1,024 x (1 + 1 / (1 - momentum)) in this unit)
+    "muon": dict(lr=6.5, weight_decay=0.0157, epochs=8.0, whiten_bias_scaler=64.0, whiten_bias_fraction=3 / 8,
+                 whiten_bias_decay=True, warmup_fraction=0.0, lr_start=1.0, lr_end=0.0, lookahead_every=0,
+                 max_batch_size=2000, min_steps=150, low_res_scale=0.75),
 }
 assert set(BY_OPTIMIZER) == set(OPTIMIZERS)
 
@@ -119,7 +126,7 @@ class FastRecipe(Recipe):
         low = image_size >= 16 and side < image_size
         sides = (side,) * math.ceil(s.low_res_fraction * math.ceil(s.epochs)) if low else ()
         return Augment(flip=True, altflip=True, translate=min(s.translate, image_size // 8), cutout=s.cutout,
-                       sides=sides)
+                       sides=sides, brightness=s.brightness, contrast=s.contrast)
 
     def prepare(self, model: nn.Module) -> None:
         if self.settings.lookahead_every:
@@ -144,8 +151,8 @@ class FastRecipe(Recipe):
         def group(params, scaler, **tags):
             return dict(params=params, lr=lr * scaler, weight_decay=wd / (lr * scaler), **tags)
 
-        # The early parameters have a group of their own, so a zero learning rate can freeze them later (toggling
-        # requires_grad would recompile); its tag survives a checkpoint, where a reference to the dict would not.
+        # The early parameters have a group of their own with its own rate (group_factor); its tag survives a
+        # checkpoint, where a reference to the dict would not.
         groups = [group(biases, s.bias_scaler), group(others, 1.0)] + (
             [group(early, s.whiten_bias_scaler, role="early")] if early else [])
         return sgd_or_muon(s, groups, device, kernel, momentum=s.momentum)
@@ -158,9 +165,23 @@ class FastRecipe(Recipe):
         return 1 + (s.lr_end - 1) * (step - peak) / max(total - peak, 1)
 
     def group_factor(self, group: dict, step: int, total: int) -> float:
-        """The whitening layer's bias trains for the first whiten_bias_fraction of the steps only."""
-        early = group.get("role") == "early"
-        return 0.0 if early and step >= math.ceil(self.settings.whiten_bias_fraction * total) else 1.0
+        """The whitening layer's bias trains for the first whiten_bias_fraction of the steps only, at its own
+        linear decay to zero where whiten_bias_decay (airbench94_muon), else at the schedule's rate. Then it is
+        frozen: no gradient for it, nor for the first block's input (airbench's detach; a compiled step compiles
+        once more), decided here, before the step, so a resumed run freezes at the same step as an unbroken one.
+        Under DDP it keeps a gradient at a zero rate: DDP's reducer waits for every parameter it was built with."""
+        if group.get("role") != "early":
+            return 1.0
+        if step >= math.ceil(self.settings.whiten_bias_fraction * total):
+            if not torch.distributed.is_initialized():
+                for p in group["params"]:
+                    p.requires_grad_(False)
+            return 0.0
+        if not self.settings.whiten_bias_decay:
+            return 1.0
+        factor = self.lr_factor(step, total)  # TrainStep multiplies by it: this group's own rate divides it out
+        end = math.ceil(self.settings.whiten_bias_fraction * total)
+        return (1 - step / end) / factor if factor > 0 else 0.0
 
     # ------------------------------------------------------------------------------------- Lookahead
     def after_step(self, model: nn.Module, step: int, total: int) -> None:
