@@ -193,7 +193,7 @@ def test_brightness_contrast_jitter_shifts_then_scales_each_image_within_its_ran
     from gpuvision.data.augment import jitter
 
     x = torch.cat([torch.zeros(500, 3, 2, 4), torch.ones(500, 3, 2, 4)], 2)  # each image: top half 0, bottom 1
-    j = jitter(x, 0.5, 0.25, torch.rand(1000, 2, generator=torch.Generator().manual_seed(0)))
+    j = jitter(x, 0.5, 0.25, torch.rand(500, 2, generator=torch.Generator().manual_seed(0)))
     scale = j[:, 0, 3, 0] - j[:, 0, 0, 0]  # (1 + b) c - b c
     shift = j[:, 0, 0, 0] / scale  # b c / c
     assert scale.min() >= 0.75 and scale.max() <= 1.25 and shift.abs().max() <= 0.5
