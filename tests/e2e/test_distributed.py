@@ -54,8 +54,8 @@ def test_two_processes_reproduce_one_step_for_step(tmp_path):
     assert all((weights1[k].float() - weights2[k].float()).abs().max() < 1e-5 for k in weights1)
     manifest = json.loads((out2 / "manifest.json").read_text())
     assert manifest["training"]["world_size"] == 2
-    assert sorted(p.name for p in out2.iterdir()) == ["manifest.json", "metrics.jsonl", "model.safetensors",
-                                                      "split.json"]  # rank 0 alone wrote the directory
+    assert sorted(p.name for p in out2.iterdir()) == ["curves.png", "manifest.json", "metrics.jsonl",
+                                                      "model.safetensors", "split.json"]  # rank 0 alone wrote it
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):

@@ -21,6 +21,7 @@ BOUND = SET // 3
 CHILD = """
 import json, re, sys, threading, time
 import gpuvision
+import torch  # in the baseline: gpuvision imports it only when first needed
 
 def anon():
     return int(re.search(r"RssAnon:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) << 10

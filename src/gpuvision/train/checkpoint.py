@@ -19,6 +19,8 @@ from ..errors import UserError, require
 from ..files import parse_json
 
 SEP = "/"
+
+
 def flatten(obj, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
     """Split a nested dict/list of tensors and plain values into ({path: tensor}, JSON-able skeleton)."""
     if isinstance(obj, torch.Tensor):

@@ -84,7 +84,12 @@ def start(world: World, device: torch.device) -> None:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
-        dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": device} if device.type == "cuda" else {}))
+        store, rank, size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+        # torchrun's store outlives a restart of the workers, and process groups would read the addresses of the
+        # workers they replace from it (a refused or hung connection): each attempt gets keys of its own.
+        store = dist.PrefixStore(f"gpuvision/attempt-{world.restarts}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=TIMEOUT,
+                                **({"device_id": device} if device.type == "cuda" else {}))
     except (RuntimeError, ValueError) as e:
         raise UserError(f"could not join the {world.size}-process run ({backend}): {str(e).splitlines()[0]}; "
                         "check MASTER_ADDR/MASTER_PORT (or torchrun's --rdzv-endpoint)") from e

@@ -113,8 +113,9 @@ class Trainer:
         if self.world.restarts and not cfg.resume:  # torchrun restarted the workers: carry on from where they were
             found = bool(cfg.out) and latest_checkpoint(Path(cfg.out) / "checkpoints") is not None
             cfg.resume, cfg.overwrite = found, not found
-            log.warning("torchrun restarted the workers (restart %d): %s", self.world.restarts,
-                        "resuming from the last checkpoint" if found else "no checkpoint yet, starting again")
+            if self.world.main:
+                log.warning("torchrun restarted the workers (restart %d): %s", self.world.restarts,
+                            "resuming from the last checkpoint" if found else "no checkpoint yet, starting again")
         if cfg.resume:
             cfg = self._open_resume()
         self.device = pick_device(distributed.device_request(self.world, cfg.device))
