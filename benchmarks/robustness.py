@@ -3,7 +3,7 @@ one device, both scored at eps 8/255 on a fixed class-stratified 2,000-image sub
 `gpuvision attack --limit 2000 --seed 0` picks) by PGD-20 (random start, step 2/255), by our APGD-CE and by ART's
 AutoProjectedGradientDescent on the same images (adversarial-robustness-toolbox, the dev extra).
 
-    python benchmarks/robustness.py --threads 1 --epochs 4 --batch-size 256              # the CPU figure
+    python benchmarks/robustness.py --epochs 4 --batch-size 256 --art-on none           # the CPU figure (PGD-2)
     python benchmarks/robustness.py --device cuda --model resnet18 --epochs 15           # the GPU one (gpu.sh)
     python benchmarks/robustness.py --train-subset 500 --test-subset 200 --epochs 1 \\
         --test-images 100 --apgd-steps 10 --art-on adversarial                           # a smoke run (minutes)
@@ -62,8 +62,10 @@ def prepare_data(args, work: Path) -> str:
 
 def train(args, source: str, out: Path, adversarial: bool) -> dict:
     """One training run; its wall time, mean time per epoch (training loops only) and the machine's load."""
-    extra = {"adversarial": args.adversarial, "eps": args.eps, "adv_steps": args.adv_steps, "keep_best": True,
-             "eval_every": 1} if adversarial else {"eval_every": 0}
+    steps = args.adv_steps if args.adversarial == "pgd" else None  # fgsm-rs takes one
+    extra = {"adversarial": args.adversarial, "eps": args.eps, "adv_steps": steps,
+             "adv_step_size": args.adv_step_size, "keep_best": True, "eval_every": 1} if adversarial else \
+        {"eval_every": 0}
     load_before = os.getloadavg()
     result = gpuvision.train(data=source, out=str(out), device=args.device, model=args.model, epochs=args.epochs,
                              batch_size=args.batch_size, precision=args.precision, compile=args.compile, seed=args.seed,
@@ -93,8 +95,9 @@ def step_ratio(args, rounds: int = 5, steps: int = 3) -> dict:
         recipe.resolve(45_000, 32)
         return TrainStep.create(net, recipe, device, accel, model_spec(args.model), perturb=perturb)
 
+    step = pixel_fraction(args.adv_step_size, "--adv-step-size") if args.adv_step_size else None
     adversarial = AdversarialTraining(args.adversarial, pixel_fraction(args.eps, "--eps"), args.adv_steps, spec,
-                                      device, accel.precision, 0, accel.channels_last)
+                                      device, accel.precision, 0, accel.channels_last, step)
     runs = {"normal": make(None), "adversarial": make(adversarial)}
     seconds = {name: 0.0 for name in runs}
     for i in range(rounds + 1):  # the first round warms up
@@ -191,9 +194,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--epochs", type=float, default=4.0, help="epochs of both runs")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--adversarial", default="fgsm-rs", choices=["fgsm-rs", "pgd"])
+    p.add_argument("--adversarial", default="pgd", choices=["fgsm-rs", "pgd"])
     p.add_argument("--eps", default="8/255")
-    p.add_argument("--adv-steps", type=int, default=None)
+    p.add_argument("--adv-steps", type=int, default=2, help="pgd's steps (2: within 2.5x the normal step "
+                   "time; fgsm-rs collapsed here)")
+    p.add_argument("--adv-step-size", default=None, help="the training attack's step (default: the trainer's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-images", type=int, default=2000, help="the stratified test subset scored")
     p.add_argument("--pgd-steps", type=int, default=20)

@@ -209,7 +209,8 @@ class TrainConfig(Validated):
     adv_steps: int | None = setting(None, "attack steps per training batch (default: 1 for fgsm-rs, 7 for pgd)",
                                     low=1, high=100)
     adv_step_size: str | float | None = setting(None, "the training attack's step, a fraction of the pixel range "
-                                                "(default: 1.25 x eps for fgsm-rs, 2.5 x eps / steps for pgd)")
+                                                "(default: 1.25 x eps for fgsm-rs; for pgd 2.5 x eps / steps, at "
+                                                "most eps / 2)")
 
     def validate(self) -> TrainConfig:
         super().validate()

@@ -40,7 +40,11 @@ class AdversarialTraining:
             self.settings = AttackSettings("fgsm", eps, 1, step_size or 1.25 * eps, random_start=True,
                                            early_stop=False)
         else:
-            self.settings = AttackSettings("pgd", eps, steps or PGD_TRAIN_STEPS, step_size, early_stop=False)
+            steps = steps or PGD_TRAIN_STEPS
+            # Madry et al.'s 2.5 eps / steps, at most eps / 2: with 2 steps of 1.25 eps, fastnet's robustness
+            # collapsed within two epochs here (catastrophic overfitting), with steps of eps / 2 it grew (BENCHMARKS.md)
+            self.settings = AttackSettings("pgd", eps, steps, step_size or min(2.5 * eps / steps, eps / 2),
+                                           early_stop=False)
         self.settings = self.settings.resolved()
         self.method, self.spec, self.device, self.precision = method, spec, device, precision
         self.threat = Threat.normalised(eps, spec, device)
