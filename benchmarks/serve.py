@@ -39,7 +39,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -54,6 +53,9 @@ from gpuvision.data.input_spec import normalise
 from gpuvision.runtime import Model, open_runtime
 from gpuvision.runtime.timing import time_calls
 from gpuvision.serve import kserve_v2, upload
+
+sys.path.insert(0, str(benchlib.REPO / "tests"))
+from helpers import read_line  # noqa: E402  (tests/helpers.py: the tests' server helpers)
 
 MAX_REQUESTS = 2_000_000  # a bound on any loop, beside its time
 TIMEOUT = 30.0  # seconds a request may take before it counts as an error
@@ -158,14 +160,6 @@ async def low_load(host: str, port: int, raw: bytes, decode, runtime, one: np.nd
             "overhead_ms": round(overhead, 3), "overhead_x_bare_b1": round(overhead / p50["bare"], 3)}
 
 
-def read_line(stream, seconds: float) -> str:
-    line = []
-    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(seconds)
-    return line[0] if line else ""
-
-
 def start_server(model_dir: str, name: str, runtime: str, extra: tuple[str, ...] = ()
                  ) -> tuple[subprocess.Popen, dict]:
     src = str(benchlib.REPO / "src")
@@ -233,7 +227,7 @@ def requests_for(name: str, pixels: np.ndarray) -> dict[str, tuple[bytes, object
         "kserve-json": (http_request(infer, plain, {"Content-Type": "application/json"}),
                         lambda spec, model: kserve_v2.decode_request(plain, None, spec, 64)),
         "upload-png": (http_request(f"/models/{name}/predict", image, {"Content-Type": "image/png"}),
-                       lambda spec, model: upload.decode_request([("x.png", image)], spec)),
+                       lambda spec, model: upload.decode_images([("x.png", image)], spec)[1]),
     }
 
 

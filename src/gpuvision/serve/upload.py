@@ -64,7 +64,8 @@ def decode_images(files: list[tuple[str, bytes]], spec: InputSpec) -> tuple[torc
         require(array is not None, f"{name}: not a readable image (truncated or damaged); send a PNG or JPEG",
                 BadInput)
         pixels[i] = array.transpose(2, 0, 1)
-    return torch.from_numpy(pixels), normalise(pixels, spec)
+    pixels = torch.from_numpy(pixels)
+    return pixels, normalise(pixels, spec)
 
 
 def encode_response(names: list[str], logits: torch.Tensor, classes: list[str], top_k: int, model: str,
