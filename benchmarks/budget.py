@@ -151,7 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=benchlib.DEFAULT_DATA, help="CIFAR-10-JPEG archive")
     p.add_argument("--train-subset", type=int, default=10_000, help="stratified training images")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each tool")
+    p.add_argument("--seeds", type=int, default=5, help="seeds K..K+N-1 for each tool (K: --first-seed)")
+    p.add_argument("--first-seed", type=int, default=0, help="K: two invocations at once can split the seeds")
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--label", default=None, help="name of the gpuvision configuration (default: the recipe's)")
     p.add_argument("--recipe-args", type=json.loads, default={}, help="gpuvision recipe overrides, as JSON")
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     data = prepare(args)
     cpu = cpu_model()
     started = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for tool in args.tools:
             label = args.label if tool == "gpuvision" else PEER_LABELS[tool]
             done = [r for r in load(args.results) if r["tool"] == tool and r["label"] == label]

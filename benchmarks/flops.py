@@ -72,7 +72,9 @@ def gpuvision_plan(n_train: int, image_size: int = 32, classes: int = 10, **over
     model = create_model("fastnet", num_classes=classes, in_channels=3, image_size=image_size)
     model.to(META, memory_format=torch.channels_last)
     recipe.prepare(model)
-    optimizer = recipe.optimizer(model, META, model_spec("fastnet"))
+    spec = model_spec("fastnet")
+    optimizer = recipe.optimizer(model, META, spec)
+    early_params = spec.early_params(model) if spec.early_params else []
     per_epoch = epoch_steps(n_train, s.batch_size, s.drop_last)
     steps = math.ceil(s.epochs * per_epoch)
     augment = recipe.augment(image_size)
@@ -85,7 +87,7 @@ def gpuvision_plan(n_train: int, image_size: int = 32, classes: int = 10, **over
         buckets[key] = buckets.get(key, 0) + 1
     flops = opt_flops = 0
     for (side, early), n in sorted(buckets.items()):
-        for p in recipe.early:
+        for p in early_params:
             p.requires_grad_(early)
         grads, opt = _step_flops(model, optimizer, lambda z, y: recipe.loss(z, y, None), s.batch_size, side, classes)
         flops, opt_flops = flops + n * (grads + opt), opt_flops + n * opt
